@@ -1,0 +1,3 @@
+"""mmcl: continual learning of multimodal large language models."""
+
+__version__ = "0.1.0"

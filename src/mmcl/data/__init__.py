@@ -1,0 +1,1 @@
+"""Data: the record type, file formats, validation, procedural benchmarks."""

@@ -1,0 +1,100 @@
+"""Procedural benchmark generators: one module per benchmark family.
+
+A family module defines `TASKS`, an ordered dict of task name -> SynthTask. A SynthTask pairs
+the task's spec with a function that draws one Sample from a random generator. Everything is
+deterministic from (benchmark, seed, sizes): sample i of a split gets its own generator.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mmcl.data.records import PLACEHOLDER, Record, write_records
+from mmcl.io import derive_seed, write_json
+
+
+@dataclass
+class Sample:
+    """One generated sample before it is written: media objects, question, accepted answers."""
+
+    question: str
+    answers: list[str]
+    images: list[Image.Image] = field(default_factory=list)
+    audios: list[np.ndarray] = field(default_factory=list)  # mono float32 at AUDIO_RATE
+    videos: list[list[Image.Image]] = field(default_factory=list)  # frames
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+SampleMaker = Callable[[np.random.Generator, str], Sample]
+
+
+@dataclass(frozen=True)
+class SynthTask:
+    name: str
+    modality: str
+    metric: str
+    description: str
+    make: SampleMaker
+
+
+# Writers turn one media object into a file; audio and video register theirs in synth/media.py.
+MEDIA_WRITERS: dict[str, tuple[str, Callable[[Any, Path], None]]] = {
+    "image": (".png", lambda img, path: img.save(path)),
+}
+
+
+def sample_rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(seed, task, split, index))
+
+
+def write_split(task: SynthTask, split: str, n: int, seed: int, folder: Path) -> list[Record]:
+    """Generate `n` samples of a task into `folder` (media files + JSON) and return records."""
+    media_dir = folder / "media"
+    media_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        s = task.make(sample_rng(seed, task.name, split, i), split)
+        media: dict[str, tuple[Path, ...]] = {}
+        for modality, objs in (("image", s.images), ("audio", s.audios), ("video", s.videos)):
+            if not objs:
+                continue
+            ext, writer = MEDIA_WRITERS[modality]
+            paths = []
+            for j, obj in enumerate(objs):
+                path = media_dir / f"{split}_{i:05d}_{j}{ext}"
+                writer(obj, path)
+                paths.append(path)
+            media[modality] = tuple(paths)
+        placeholders = "".join(PLACEHOLDER[m] * len(p) for m, p in media.items())
+        prompt = f"{placeholders}\n{s.question}" if placeholders else s.question
+        rid = f"{task.name}-{split}-{i:05d}"
+        records.append(Record(rid, ((prompt, s.answers[0]),), media, tuple(s.answers), s.meta))
+    write_records(folder / f"{split}.json", records, layout="llava" if split == "train" else "test")
+    return records
+
+
+def generate(
+    tasks: list[SynthTask], sizes: dict[str, int], seed: int, out: Path, info: dict[str, Any]
+) -> None:
+    """Write every task's splits under `out/<task>/` atomically (a temp dir renamed at the end)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        for task in tasks:
+            for split, n in sizes.items():
+                write_split(task, split, n, seed, tmp / task.name)
+        write_json(tmp / "benchmark.json", info)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

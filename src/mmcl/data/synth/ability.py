@@ -1,0 +1,151 @@
+"""The `ability` stream of MLLM-CL, procedurally: OCR -> math -> perception -> GUI agent.
+
+Each task asks for a different skill and answer format on the same kind of grid image, so a
+model tuned on one drifts away from the others. Test sets shift from training (OCR test words
+never appear in training), as the ACL tests are other benchmarks than the training data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmcl.data.synth import Sample, SynthTask
+from mmcl.data.synth.draw import (
+    COLOURS,
+    LETTERS,
+    SHAPES,
+    Grid,
+    add_noise,
+    canvas,
+    draw_glyph,
+    draw_shape,
+    light_background,
+    position_name,
+)
+
+GRID = Grid()
+_INK = ("black", "blue", "red", "purple", "green")
+
+
+def _pick(rng: np.random.Generator, seq, k: int | None = None, replace: bool = False):
+    idx = rng.choice(len(seq), size=k, replace=replace)
+    return seq[int(idx)] if k is None else [seq[int(i)] for i in idx]
+
+
+def _word(rng: np.random.Generator, split: str) -> str:
+    """3-4 letter words; the test split only uses words whose letter sum is odd (disjoint)."""
+    while True:
+        w = "".join(_pick(rng, LETTERS, int(rng.integers(3, 5)), replace=True))
+        if (sum(map(ord, w)) % 2 == 1) == (split == "test"):
+            return w
+
+
+def _distractors(d, rng: np.random.Generator, cells: list[tuple[int, int]], k: int) -> None:
+    for r, c in _pick(rng, cells, min(k, len(cells))):
+        draw_shape(d, _pick(rng, SHAPES), GRID.box(r, c, pad=4), COLOURS[_pick(rng, list(COLOURS))])
+
+
+def make_ocr(rng: np.random.Generator, split: str) -> Sample:
+    word = _word(rng, split)
+    img, d = canvas(GRID, light_background(rng))
+    row, col0 = int(rng.integers(0, GRID.n)), int(rng.integers(0, GRID.n - len(word) + 1))
+    ink = COLOURS[_pick(rng, _INK)]
+    for k, ch in enumerate(word):
+        draw_glyph(d, ch, GRID.box(row, col0 + k, pad=1), ink)
+    free = [(r, c) for r, c in GRID.cells() if r != row]
+    _distractors(d, rng, free, int(rng.integers(0, 3)))
+    q = _pick(
+        rng,
+        [
+            "what word is written in the image?",
+            "read the text in the image.",
+            "what does the text say?",
+        ],
+    )
+    return Sample(q, [word], [add_noise(img, rng)])
+
+
+def make_math(rng: np.random.Generator, split: str) -> Sample:
+    img, d = canvas(GRID, light_background(rng))
+    ink = COLOURS[_pick(rng, _INK)]
+    a, b = int(rng.integers(0, 10)), int(rng.integers(0, 10))
+    row = int(rng.integers(0, GRID.n))
+    if rng.random() < 0.75:
+        op = "+" if rng.random() < 0.6 else "-"
+        if op == "-" and b > a:
+            a, b = b, a
+        cells, answer = [str(a), op, str(b), "="], a + b if op == "+" else a - b
+        q = _pick(
+            rng,
+            [
+                "what is the result of the expression?",
+                "solve the equation.",
+                "compute the answer shown in the image.",
+            ],
+        )
+    else:
+        while a == b:
+            b = int(rng.integers(0, 10))
+        cells, answer = [str(a), " ", str(b)], max(a, b)
+        q = "which of the two numbers is larger?"
+    col0 = int(rng.integers(0, GRID.n - len(cells) + 1))
+    for k, ch in enumerate(cells):
+        draw_glyph(d, ch, GRID.box(row, col0 + k, pad=1), ink)
+    return Sample(q, [str(answer)], [add_noise(img, rng)])
+
+
+def make_perception(rng: np.random.Generator, split: str) -> Sample:
+    img, d = canvas(GRID, light_background(rng))
+    n_obj = int(rng.integers(3, 10))
+    cells = _pick(rng, GRID.cells(), n_obj)
+    colour_names = _pick(rng, list(COLOURS), 3)  # few colours so that counts above 1 are common
+    objs = [(_pick(rng, SHAPES[:4]), _pick(rng, colour_names)) for _ in cells]
+    for (r, c), (shape, colour) in zip(cells, objs, strict=True):
+        draw_shape(d, shape, GRID.box(r, c, pad=2), COLOURS[colour])
+    if rng.random() < 0.5:
+        colour = _pick(rng, [c for _, c in objs])
+        n = sum(c == colour for _, c in objs)
+        q = f"how many {colour} objects are there?"
+    else:
+        shape = _pick(rng, [s for s, _ in objs])
+        n = sum(s == shape for s, _ in objs)
+        q = f"how many {shape}s are in the picture?"
+    return Sample(q, [str(n)], [add_noise(img, rng)])
+
+
+def make_gui(rng: np.random.Generator, split: str) -> Sample:
+    """An app screen: a title bar and labelled buttons; the answer is the action to take."""
+    img, d = canvas(GRID, (245, 245, 245))
+    d.rectangle((0, 0, GRID.size - 1, GRID.cell - 1), fill=(60, 60, 70))
+    cells = [(r, c) for r, c in GRID.cells() if r > 0]
+    n_btn = int(rng.integers(3, 6))
+    where = _pick(rng, cells, n_btn)
+    colours = _pick(rng, [c for c in COLOURS if c != "black"], n_btn)
+    labels = _pick(rng, LETTERS, n_btn)
+    for (r, c), colour, label in zip(where, colours, labels, strict=True):
+        x0, y0, x1, y1 = GRID.box(r, c, pad=1)
+        d.rounded_rectangle((x0, y0, x1, y1), radius=3, fill=COLOURS[colour])
+        draw_glyph(d, label, GRID.box(r, c, pad=3), (255, 255, 255))
+    k = int(rng.integers(0, n_btn))
+    if rng.random() < 0.6:
+        q = f"click the {colours[k]} button. what is the next action?"
+    else:
+        q = f"tap the button at {position_name(*where[k])}. what is the next action?"
+    return Sample(q, [f"click {labels[k]}"], [img])
+
+
+TASKS = {
+    t.name: t
+    for t in (
+        SynthTask("ocr", "image", "lenient", "reading words written in the image (OCR)", make_ocr),
+        SynthTask(
+            "math", "image", "number", "arithmetic and comparing numbers (math & logic)", make_math
+        ),
+        SynthTask(
+            "perception", "image", "number", "counting objects by colour or shape", make_perception
+        ),
+        SynthTask(
+            "gui", "image", "lenient", "choosing the action on an app screen (GUI agent)", make_gui
+        ),
+    )
+}

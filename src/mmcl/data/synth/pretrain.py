@@ -1,0 +1,109 @@
+"""The general corpus that base-pretrains the embedded default model: it learns to *see*.
+
+Scenes of letters, digits, symbols, shapes and labelled buttons on the same grid as the
+benchmarks, with questions that name, locate and describe single objects. No task of any
+built-in stream is asked here (no reading of words, arithmetic, counting, or actions), so each
+stream stays unknown to the base model while its tasks can build on what it sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmcl.data.synth import Sample, SynthTask
+from mmcl.data.synth.ability import GRID, _pick
+from mmcl.data.synth.draw import (
+    COLOURS,
+    DIGITS,
+    LETTERS,
+    SHAPES,
+    add_noise,
+    canvas,
+    draw_glyph,
+    draw_shape,
+    light_background,
+    position_name,
+)
+
+SYMBOLS = {"+": "plus sign", "-": "minus sign", "=": "equals sign"}
+# Per-cell classes for the vision-encoder pretraining stage ("kind:value", and a colour).
+CELL_CLASSES = [
+    "empty",
+    *[f"letter:{c}" for c in LETTERS],
+    *[f"digit:{c}" for c in DIGITS],
+    *[f"symbol:{c}" for c in SYMBOLS],
+    *[f"shape:{s}" for s in SHAPES],
+    *[f"button:{c}" for c in LETTERS],
+]
+CELL_COLOURS = ["none", *COLOURS]
+
+
+def _object(rng: np.random.Generator) -> tuple[str, str, str]:
+    """(kind, what to draw, its name in words)."""
+    kind = _pick(rng, ["letter", "letter", "digit", "digit", "shape", "shape", "button", "symbol"])
+    colour = _pick(rng, list(COLOURS))
+    if kind == "letter":
+        ch = _pick(rng, LETTERS)
+        return kind, f"{ch}|{colour}", f"the letter {ch}"
+    if kind == "digit":
+        ch = _pick(rng, DIGITS)
+        return kind, f"{ch}|{colour}", f"the digit {ch}"
+    if kind == "symbol":
+        ch = _pick(rng, list(SYMBOLS))
+        return kind, f"{ch}|{colour}", f"the {SYMBOLS[ch]}"
+    if kind == "button":
+        colour = _pick(rng, [c for c in COLOURS if c != "black"])
+        ch = _pick(rng, LETTERS)
+        return kind, f"{ch}|{colour}", f"a {colour} button labelled {ch}"
+    shape = _pick(rng, SHAPES)
+    return kind, f"{shape}|{colour}", f"a {colour} {shape}"
+
+
+def make_scene(rng: np.random.Generator, split: str) -> Sample:
+    img, d = canvas(GRID, light_background(rng))
+    n = int(rng.integers(1, 7))
+    cells = _pick(rng, GRID.cells(), n)
+    objs = []
+    labels = [["empty", "none"] for _ in GRID.cells()]
+    for r, c in cells:
+        kind, spec, name = _object(rng)
+        what, colour = spec.split("|")
+        labels[r * GRID.n + c] = [f"{kind}:{what}", colour]
+        if kind == "shape":
+            draw_shape(d, what, GRID.box(r, c, pad=int(rng.integers(2, 5))), COLOURS[colour])
+        elif kind == "button":
+            x0, y0, x1, y1 = GRID.box(r, c, pad=1)
+            d.rounded_rectangle((x0, y0, x1, y1), radius=3, fill=COLOURS[colour])
+            draw_glyph(d, what, GRID.box(r, c, pad=3), (255, 255, 255))
+        else:
+            draw_glyph(d, what, GRID.box(r, c, pad=1), COLOURS[colour])
+        objs.append(((r, c), kind, name))
+    objs.sort()  # reading order
+    mode = rng.random()
+    if mode < 0.65:
+        q = "describe the image."
+        a = "; ".join(name for _, _, name in objs) + "."
+    elif mode < 0.8:
+        (r, c), kind, name = objs[int(rng.integers(0, n))]
+        plain = labels[r * GRID.n + c][0]  # kind:value, without the colour
+        if (
+            kind == "button"
+            or sum(labels[rr * GRID.n + cc][0] == plain for (rr, cc), _, _ in objs) > 1
+        ):
+            return make_scene(rng, split)
+        if kind == "shape":
+            name = f"the {plain.split(':')[1]}"
+        q, a = f"what colour is {name}?", labels[r * GRID.n + c][1]
+    elif mode < 0.9:
+        present = rng.random() < 0.5
+        name = objs[int(rng.integers(0, n))][2] if present else _object(rng)[2]
+        q, a = f"is there {name} in the image?", "yes" if name in [o[2] for o in objs] else "no"
+    else:
+        (r, c), _, name = objs[int(rng.integers(0, n))]
+        q, a = f"what is at {position_name(r, c)}?", name
+    return Sample(q, [a], [add_noise(img, rng)], meta={"cells": labels})
+
+
+TASKS = {
+    "scenes": SynthTask("scenes", "image", "lenient", "describing objects in a scene", make_scene)
+}

@@ -1,0 +1,81 @@
+"""Evaluation: batched, KV-cached greedy generation on every test sample, then scoring.
+
+Every sample is generated and scored, or evaluation fails; each returns a prediction row.
+Samples are batched in order of prompt length (less padding); a routing method answers each
+sample with its chosen adapter, in mixed batches through peft's `adapter_names`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mmcl.data.benchmarks import Task
+from mmcl.errors import MmclError
+from mmcl.metrics import score_task
+
+if TYPE_CHECKING:
+    from mmcl.methods.base import Method
+    from mmcl.models.base import Backbone
+
+
+@dataclass
+class TaskResult:
+    task: str
+    score: float  # 0-100
+    scored: int
+    total: int
+    rows: list[dict]
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+    routing_accuracy: float | None = None
+
+
+def evaluate_task(
+    backbone: Backbone, task: Task, method: Method | None = None, batch_size: int = 64
+) -> TaskResult:
+    t0 = time.perf_counter()
+    records = sorted(task.test, key=lambda r: (len(r.prompt), r.id))
+    predictions: dict[str, str] = {}
+    routes: dict[str, str] = {}
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        batch = backbone.collate(chunk, train=False).to(backbone.device)
+        names = method.predict(batch) if method is not None else None
+        answers = backbone.generate(batch, adapter_names=names)
+        for rec, ans in zip(chunk, answers, strict=True):
+            predictions[rec.id] = ans
+        if names is not None:
+            routes.update(zip([r.id for r in chunk], names, strict=True))
+    missing = [r.id for r in task.test if r.id not in predictions]
+    if missing:
+        raise MmclError(
+            f"task {task.name}: {len(missing)} samples got no prediction: {missing[:5]}"
+        )
+    preds = [predictions[r.id] for r in task.test]
+    refs = [list(r.references) for r in task.test]
+    scores, score, extra = score_task(task.spec.metric, preds, refs)
+    rows = []
+    for rec, pred, s in zip(task.test, preds, scores, strict=True):
+        row = {
+            "id": rec.id,
+            "prompt": rec.prompt,
+            "prediction": pred,
+            "reference": list(rec.references),
+            "score": s,
+        }
+        if rec.id in routes:
+            row["route"] = routes[rec.id]
+        rows.append(row)
+    routing = sum(routes[r.id] == task.name for r in task.test) / len(task.test) if routes else None
+    return TaskResult(
+        task.name,
+        score,
+        len(scores),
+        len(task.test),
+        rows,
+        time.perf_counter() - t0,
+        extra,
+        routing,
+    )

@@ -1,0 +1,98 @@
+"""Atomic file writes, seeding and the cache folder: the small pieces every module shares."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmcl.errors import MmclError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | Path) -> Any:
+    """Read JSON, turning a missing or malformed file into an error that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise MmclError(f"{path}: file not found") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MmclError(f"{path}: not valid JSON ({e})") from e
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    # clone: tied weights (embeddings and LM head) share memory, which safetensors refuses
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as e:
+        raise MmclError(f"{path}: file not found") from e
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise MmclError(f"{path}: corrupt or partial safetensors file ({e})") from e
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """A short hash of a JSON-able object, stable across runs and machines."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def derive_seed(*parts: Any) -> int:
+    return int(stable_hash(parts, 8), 16)
+
+
+def cache_dir() -> Path:
+    """Where generated data and pretrained base models are cached (MMCL_CACHE overrides)."""
+    root = os.environ.get("MMCL_CACHE") or Path.home() / ".cache" / "mmcl"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

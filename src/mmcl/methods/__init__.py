@@ -1,0 +1,47 @@
+"""Continual-learning methods: one file per method, registered by name."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from mmcl.config import validate_settings
+from mmcl.data.benchmarks import TaskSpec
+from mmcl.errors import MmclError
+from mmcl.methods.base import Method
+from mmcl.models.base import Backbone
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name != "base":
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    if not METHODS:
+        _discover()
+    if name not in METHODS:
+        raise MmclError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def all_methods() -> dict[str, type[Method]]:
+    if not METHODS:
+        _discover()
+    return dict(METHODS)
+
+
+def make_method(
+    name: str, options: dict, backbone: Backbone, tasks: list[TaskSpec], seed: int
+) -> Method:
+    cls = get_method(name)
+    opts = validate_settings(cls.Options, options, f"method {name!r} settings")
+    return cls(backbone, opts, tasks, seed)

@@ -1,0 +1,1 @@
+"""Backbones behind one interface (see composed.Backbone): the composed MLLM and HF natives."""

@@ -1,0 +1,220 @@
+"""The backbone interface every model sits behind, and what is shared by all backbones.
+
+A backbone turns records into a Batch, computes the answer-only token loss, generates answers
+(batched, greedy, KV-cached), and exposes the few things methods need: LoRA adapters (through
+peft, so that one batch can mix adapters with `adapter_names`), pooled hidden states, and the
+vision-encoder blocks. Subclasses implement `collate`, `_forward` and `_generate`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import BaseModel, Field
+from torch import nn
+
+from mmcl.data.records import Record
+from mmcl.errors import MmclError
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """Model inputs for a list of records. `labels` is -100 everywhere but answer tokens."""
+
+    records: list[Record]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to(self, device: torch.device | str) -> Batch:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Batch(
+            self.records,
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.labels),
+            {k: v.to(device) for k, v in self.media.items()},
+        )
+
+
+@dataclass
+class Outputs:
+    loss: torch.Tensor
+    logits: torch.Tensor  # (B, L, V), position t predicts token t + 1
+    labels: torch.Tensor  # (B, L)
+    hidden: torch.Tensor | None = None  # (B, H): mean of the last hidden layer over the prompt
+
+    @property
+    def answer_mask(self) -> torch.Tensor:
+        """(B, L-1) mask of the positions whose next token is an answer token."""
+        return self.labels[:, 1:] != IGNORE
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens only."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
+    )
+
+
+class LoraSpec(BaseModel, extra="forbid"):
+    """LoRA settings; `targets` is a regex on module names (full match)."""
+
+    r: int = Field(8, ge=1, description="rank")
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: str | None = Field(None, description="default: all linear layers of the LM")
+    vision: bool = Field(False, description="also adapt the vision encoder")
+
+
+class Backbone:
+    """Shared behaviour of backbones; `core` is the plain nn.Module, `model` what trains."""
+
+    lm_lora_targets: str  # regex of the language model's linear layers
+    vision_lora_targets: str | None = None
+
+    def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):
+        self.core = core
+        self.model: nn.Module = core
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+
+    # --- subclasses -------------------------------------------------------------------------
+    def collate(self, records: Sequence[Record], train: bool = True) -> Batch:
+        """Records -> Batch; `train` puts answers in the sequence (right padding), else prompts
+        only (left padding, for generation)."""
+        raise NotImplementedError
+
+    def _forward(self, batch: Batch, hidden: bool, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits, last hidden states)."""
+        raise NotImplementedError
+
+    def _generate(self, batch: Batch, max_new_tokens: int, **kw) -> torch.Tensor:
+        raise NotImplementedError
+
+    def vision_blocks(self) -> list[nn.Module]:
+        raise MmclError(f"{type(self).__name__} exposes no vision-encoder blocks")
+
+    # --- shared -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.core.parameters()).device
+
+    def forward(
+        self, batch: Batch, adapter_names: list[str] | None = None, hidden: bool = False
+    ) -> Outputs:
+        kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
+        logits, h = self._forward(batch, hidden, **kw)
+        loss = (
+            answer_loss(logits, batch.labels) if batch.labels is not None else logits.new_zeros(())
+        )
+        pooled = None
+        if hidden:
+            m = batch.attention_mask.unsqueeze(-1).to(h.dtype)
+            if batch.labels is not None:  # pool over the prompt, not the answer
+                m = m * (batch.labels == IGNORE).unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return Outputs(
+            loss,
+            logits,
+            batch.labels if batch.labels is not None else torch.full_like(batch.input_ids, IGNORE),
+            pooled,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: Batch,
+        adapter_names: list[str] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Greedy answers for a prompt-only batch (KV-cached, one call for the whole batch)."""
+        kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self._generate(batch, max_new_tokens or self.max_new_tokens, **kw)
+        finally:
+            self.model.train(was_training)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # --- LoRA adapters through peft ---------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
+
+    def add_lora(self, name: str, spec: LoraSpec) -> None:
+        """Add a LoRA adapter named `name` (LM linear layers, optionally the vision encoder)."""
+        targets = spec.targets or self.lm_lora_targets
+        if spec.vision:
+            if not self.vision_lora_targets:
+                raise MmclError(f"{type(self).__name__} has no vision encoder to put LoRA on")
+            targets = f"(?:{targets})|(?:{self.vision_lora_targets})"
+        cfg = LoraConfig(
+            r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
+        )
+        if not isinstance(self.model, PeftModel):
+            self.model = get_peft_model(self.core, cfg, adapter_name=name)
+        else:
+            self.model.add_adapter(name, cfg)
+        for p in self.core.parameters():  # adding an adapter must not unfreeze or freeze others
+            p.requires_grad_(False)
+
+    def use_adapters(self, names: str | list[str] | None) -> None:
+        """Activate adapter(s) for forward/generate; None runs the base model."""
+        if not isinstance(self.model, PeftModel):
+            if names:
+                raise MmclError("no LoRA adapters have been added")
+            return
+        lora = self.model.base_model
+        if not names:
+            lora.disable_adapter_layers()
+            return
+        lora.enable_adapter_layers()
+        lora.set_adapter(names if isinstance(names, list) else [names])
+
+    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.core.named_parameters() if f".{name}." in n}
+
+    def set_trainable(self, params: dict[str, nn.Parameter] | None) -> None:
+        """Make exactly `params` trainable (None: every parameter, for full fine-tuning)."""
+        keep = None if params is None else {id(p) for p in params.values()}
+        for p in self.core.parameters():
+            p.requires_grad_(keep is None or id(p) in keep)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.core.named_parameters() if p.requires_grad}
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.core.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.core.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise MmclError(
+                f"checkpoint does not match the model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+
+
+def lm_linear_regex(prefix: str) -> str:
+    """Regex for all linear layers of a Llama/Qwen-style LM whose decoder layers sit at
+    `{prefix}.layers.N` (attention and MLP projections)."""
+    return (
+        rf"{re.escape(prefix)}\.layers\.\d+\."
+        r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+    )

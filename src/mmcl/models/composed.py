@@ -1,0 +1,212 @@
+"""The composed MLLM: per-modality encoders and projectors spliced into any HF causal LM.
+
+Each placeholder token (<image>, ...) in the prompt is expanded to the encoder's number of
+tokens; their input embeddings are replaced by the projected encoder features, and the LM runs
+on `inputs_embeds`. This is LLaVA's design, and what MoInCL uses per modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from mmcl.data.records import MODALITIES, Record
+from mmcl.errors import MmclError
+from mmcl.models.base import IGNORE, Backbone, Batch, lm_linear_regex
+
+
+class VisionTower(nn.Module):
+    """A CLIP-style vision transformer returning its patch tokens (no CLS)."""
+
+    def __init__(self, vision_model: nn.Module):
+        super().__init__()
+        self.model = vision_model
+
+    @property
+    def num_tokens(self) -> int:
+        cfg = self.model.config
+        return (cfg.image_size // cfg.patch_size) ** 2
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+
+class Standardize(nn.Module):
+    """Per-feature standardisation with fixed statistics (identity until `fit`).
+
+    Encoder features share a large constant offset across tokens; removing it lets the LM see
+    how tokens differ from the first step instead of having to learn to cancel the offset."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, feats: torch.Tensor) -> None:
+        flat = feats.reshape(-1, feats.shape[-1]).float()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp(min=1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def projector(in_dim: int, out_dim: int) -> nn.Sequential:
+    """LLaVA-1.5's two-layer MLP projector, after a fixed standardisation of the features."""
+    return nn.Sequential(
+        Standardize(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
+    )
+
+
+class ComposedMLLM(nn.Module):
+    def __init__(
+        self,
+        lm: nn.Module,
+        encoders: dict[str, nn.Module],
+        projectors: dict[str, nn.Module],
+        token_ids: dict[str, int],
+    ):
+        super().__init__()
+        self.lm = lm
+        self.encoders = nn.ModuleDict(encoders)
+        self.projectors = nn.ModuleDict(projectors)
+        self.token_ids = token_ids
+
+    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.lm.get_input_embeddings()(input_ids)
+        for m, x in media.items():
+            feats = self.projectors[m](self.encoders[m](x))
+            mask = (input_ids == self.token_ids[m]).unsqueeze(-1)
+            emb = emb.masked_scatter(mask, feats.to(emb.dtype))
+        return emb
+
+    def forward(self, input_ids, attention_mask, media=None, output_hidden_states=False):
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.lm(
+            inputs_embeds=self.embed(input_ids, media or {}),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            use_cache=False,
+        )
+
+    def generate(self, input_ids, attention_mask, media=None, **kw):
+        return self.lm.generate(
+            inputs_embeds=self.embed(input_ids, media or {}), attention_mask=attention_mask, **kw
+        )
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """An image file -> (3, size, size) float tensor in [-1, 1]."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32)
+    except Exception as e:
+        raise MmclError(f"cannot read image {path}: {e}") from e
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+class ComposedBackbone(Backbone):
+    """Backbone over ComposedMLLM; prompts follow a plain 'user: ... assistant:' template."""
+
+    def __init__(
+        self,
+        core: ComposedMLLM,
+        tokenizer,
+        featurizers: dict[str, Callable[[Path], torch.Tensor]],
+        num_tokens: dict[str, int],
+        max_new_tokens: int = 24,
+    ):
+        super().__init__(core, tokenizer, max_new_tokens)
+        self.featurizers = featurizers
+        self.num_tokens = num_tokens
+        self.lm_lora_targets = lm_linear_regex("lm.model")
+        self.vision_lora_targets = (
+            r"encoders\.image\.model\.vision_model\.encoder\.layers\.\d+\."
+            r"(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])"
+        )
+        tok = tokenizer
+        self.bos, self.eos, self.pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+        self.placeholder_ids = {m: tok.convert_tokens_to_ids(f"<{m}>") for m in MODALITIES}
+
+    def vision_blocks(self) -> list[nn.Module]:
+        if "image" not in self.core.encoders:
+            raise MmclError("this backbone has no vision encoder")
+        return list(self.core.encoders["image"].model.vision_model.encoder.layers)
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        out: list[int] = []
+        for t in ids:  # expand each placeholder to its encoder's number of tokens
+            m = next((m for m, pid in self.placeholder_ids.items() if pid == t), None)
+            if m is None:
+                out.append(t)
+            elif m not in self.num_tokens:
+                raise MmclError(f"this backbone has no {m} encoder, but a prompt has <{m}>")
+            else:
+                out += [t] * self.num_tokens[m]
+        return out
+
+    def _sequence(self, rec: Record, train: bool) -> tuple[list[int], list[int]]:
+        ids, labels = [self.bos], [IGNORE]
+        for k, (human, answer) in enumerate(rec.turns):
+            prompt = self._encode(f"user: {human}\nassistant:")
+            ids += prompt
+            labels += [IGNORE] * len(prompt)
+            last = k == len(rec.turns) - 1
+            if train or not last:
+                ans = self._encode(" " + answer) + [self.eos]
+                ids += ans
+                labels += ans if train else [IGNORE] * len(ans)
+            if not train and last:
+                break
+        return ids, labels
+
+    def collate(self, records: Sequence[Record], train: bool = True) -> Batch:
+        seqs = [self._sequence(r, train) for r in records]
+        width = max(len(s) for s, _ in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (s, lab) in enumerate(seqs):
+            sl = slice(0, len(s)) if train else slice(width - len(s), width)
+            ids[i, sl], labels[i, sl], mask[i, sl] = torch.tensor(s), torch.tensor(lab), 1
+        media = {}
+        for m in MODALITIES:
+            paths = [p for r in records for p in r.media.get(m, ())]
+            if paths:
+                if m not in self.featurizers:
+                    raise MmclError(f"this backbone cannot read {m} (record {records[0].id})")
+                media[m] = torch.stack([self.featurizers[m](p) for p in paths])
+        return Batch(list(records), ids, mask, labels if train else None, media)
+
+    def _forward(self, batch: Batch, hidden: bool, **kw):
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            media=batch.media,
+            output_hidden_states=hidden,
+            **kw,
+        )
+        return out.logits, (out.hidden_states[-1] if hidden else None)
+
+    def _generate(self, batch: Batch, max_new_tokens: int, **kw):
+        return self.model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            media=batch.media,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            **kw,
+        )

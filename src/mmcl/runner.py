@@ -1,0 +1,287 @@
+"""The continual loop: for each task, train -> evaluate every task -> checkpoint; and resume.
+
+After each step the whole state needed to continue is written atomically under
+`checkpoints/`: the weights that any step trained (safetensors), the method's state
+(safetensors + JSON), and the partial results (JSON). `--resume` continues after the last
+completed step; seeds are derived from (seed, step), so a resumed run ends as an uninterrupted
+one would.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcl import __version__
+from mmcl.config import ExperimentConfig
+from mmcl.data.benchmarks import Task, get_benchmark
+from mmcl.errors import MmclError
+from mmcl.evaluate import TaskResult, evaluate_task
+from mmcl.io import (
+    derive_seed,
+    load_tensors,
+    read_json,
+    save_tensors,
+    seed_everything,
+    write_json,
+    write_jsonl,
+)
+from mmcl.methods import make_method
+from mmcl.methods.base import Method
+from mmcl.metrics import METRIC_NAMES, continual_metrics
+from mmcl.models.base import Backbone
+from mmcl.train import TrainSettings, train
+
+ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
+
+
+def load_tasks(cfg: ExperimentConfig) -> list[Task]:
+    bench = get_benchmark(cfg.benchmark)
+    return bench.load(cfg.seed, cfg.data.train_size, cfg.data.test_size, cfg.tasks)
+
+
+def load_backbone(cfg: ExperimentConfig) -> Backbone:
+    from mmcl.models.tiny import pretrained_backbone
+
+    return pretrained_backbone(cfg.model.preset, seed=0)
+
+
+def environment() -> dict[str, Any]:
+    import peft
+    import transformers
+
+    return {
+        "mmcl": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _flatten(state: dict[str, Any], prefix: str = "") -> tuple[dict, dict]:
+    """Split a nested state into (tensors by dotted key, JSON-able rest)."""
+    tensors, rest = {}, {}
+    for k, v in state.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor):
+            tensors[key] = v
+        elif isinstance(v, dict) and any(isinstance(x, torch.Tensor | dict) for x in v.values()):
+            t, r = _flatten(v, f"{key}.")
+            tensors.update(t)
+            rest[k] = r
+        else:
+            rest[k] = v
+    return tensors, rest
+
+
+def _unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], prefix: str = "") -> dict:
+    out: dict[str, Any] = {}
+    for k, v in rest.items():
+        out[k] = _unflatten(tensors, v, f"{prefix}{k}.") if isinstance(v, dict) else v
+    for key, t in tensors.items():
+        if key.startswith(prefix) and "." not in key[len(prefix) :]:
+            out[key[len(prefix) :]] = t
+    return out
+
+
+class Run:
+    """One experiment (benchmark x method x seed) writing into `out`."""
+
+    def __init__(self, cfg: ExperimentConfig, out: Path):
+        self.cfg, self.out = cfg, Path(out)
+        self.ckpt = self.out / "checkpoints"
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _save(self, step: int, state: dict[str, Any], backbone: Backbone, method: Method) -> None:
+        folder = self.ckpt / f"step{step}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        weights = backbone.state_dict()
+        save_tensors(
+            folder / "model.safetensors",
+            {k: weights[k] for k in state["trained_params"] if k in weights},
+        )
+        m_tensors, m_rest = _flatten(method.state_dict())
+        save_tensors(folder / "method.safetensors", m_tensors)
+        write_json(folder / "state.json", {**state, "method_state": m_rest})
+        write_json(self.ckpt / "latest.json", {"step": step})  # the commit point
+        for old in self.ckpt.glob("step*"):  # keep this step and the one before it
+            if old.name not in {f"step{step}", f"step{step - 1}"}:
+                shutil.rmtree(old)
+
+    def _latest(self) -> Path | None:
+        latest = self.ckpt / "latest.json"
+        return self.ckpt / f"step{read_json(latest)['step']}" if latest.exists() else None
+
+    def _restore(self, folder: Path, backbone: Backbone, method: Method) -> dict[str, Any]:
+        state = read_json(folder / "state.json")
+        if state.get("config") != self.cfg.model_dump(mode="json"):
+            raise MmclError(
+                f"{folder}: the checkpoint was made with another configuration; "
+                "resume with the same config, or use a new --out"
+            )
+        m_rest = state.pop("method_state")
+        method.load_state_dict(_unflatten(load_tensors(folder / "method.safetensors"), m_rest))
+        current = backbone.state_dict()
+        current.update(load_tensors(folder / "model.safetensors"))
+        backbone.load_state_dict(current)
+        return state
+
+    # --- the loop ---------------------------------------------------------------------------
+    def execute(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        if not resume and (self.out / "checkpoints").exists():
+            raise MmclError(
+                f"{self.out} already holds a run; pass --resume to continue it, "
+                "or choose another --out"
+            )
+        tasks = load_tasks(cfg)
+        specs = [t.spec for t in tasks]
+        backbone = load_backbone(cfg)
+        backbone.max_new_tokens = cfg.eval.max_new_tokens
+        seed_everything(derive_seed(cfg.seed, "setup"))
+        method = make_method(cfg.method.name, cfg.method.options(), backbone, specs, cfg.seed)
+        settings = TrainSettings(
+            **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
+        )
+        folder = self._latest() if resume else None
+        if folder is None:
+            state = {
+                "config": cfg.model_dump(mode="json"),
+                "zero_shot": None,
+                "rows": [],
+                "counts": {},
+                "routing": [],
+                "trained_params": [],
+                "next_step": 0,
+                "train_s": 0.0,
+                "eval_s": 0.0,
+                "train_samples": 0,
+            }
+            # The base model is evaluated before the method adds anything to it.
+            state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
+            method.setup()
+            self._save(ZERO_SHOT_STEP, state, backbone, method)
+        else:
+            method.setup()
+            state = self._restore(folder, backbone, method)
+        if not method.trains:
+            state["rows"] = [state["zero_shot"]] * len(tasks)
+        elif method.joint and state["next_step"] == 0:
+            merged = Task(specs[0], [r for t in tasks for r in t.train], [])
+            self._train_step(backbone, method, merged, 0, settings, state, all_tasks=tasks)
+            row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
+            state["rows"] = [row] * len(tasks)
+            state.update(counts=counts, next_step=len(tasks))
+            self._save(0, state, backbone, method)
+        else:
+            for step in range(state["next_step"], len(tasks)):
+                self._train_step(backbone, method, tasks[step], step, settings, state)
+                row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
+                state["rows"].append(row)
+                state["routing"].append(routing)
+                state.update(counts=counts, next_step=step + 1)
+                self._save(step, state, backbone, method)
+        results = self._results(tasks, method, state)
+        write_json(self.out / "results.json", results)
+        from mmcl.report import write_report
+
+        write_report(self.out, results)
+        return results
+
+    def _train_step(
+        self,
+        backbone: Backbone,
+        method: Method,
+        task: Task,
+        step: int,
+        settings: TrainSettings,
+        state: dict,
+        all_tasks: list[Task] | None = None,
+    ) -> None:
+        seed_everything(derive_seed(self.cfg.seed, "step", step))
+        method.before_task(task, step)
+        records = method.train_records(task)
+        label = "all tasks" if all_tasks else task.name
+        stats = train(
+            backbone,
+            records,
+            settings,
+            derive_seed(self.cfg.seed, "train", step),
+            method,
+            desc=f"{method.name} step {step + 1}: {label}",
+        )
+        state["trained_params"] = sorted(
+            set(state["trained_params"]) | set(backbone.trainable_parameters())
+        )
+        method.after_task(task, step)
+        state["train_s"] += stats.seconds
+        state["train_samples"] += stats.samples
+
+    def _evaluate(
+        self, backbone: Backbone, method: Method | None, tasks: list[Task], tag: str, state: dict
+    ) -> tuple[list[float], dict, list[float] | None]:
+        row, counts, routing = [], {}, []
+        for task in tasks:
+            res: TaskResult = evaluate_task(backbone, task, method, self.cfg.eval.batch_size)
+            write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
+            if res.scored != res.total:
+                raise MmclError(f"{task.name}: scored {res.scored} of {res.total} samples")
+            row.append(round(res.score, 4))
+            counts[task.name] = {"scored": res.scored, "total": res.total}
+            routing.append(res.routing_accuracy)
+            state["eval_s"] += res.seconds
+        return row, counts, (routing if any(r is not None for r in routing) else None)
+
+    def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
+        names = [t.name for t in tasks]
+        matrix, zero = state["rows"], state["zero_shot"]
+        res: dict[str, Any] = {
+            "benchmark": self.cfg.benchmark,
+            "method": method.name,
+            "seed": self.cfg.seed,
+            "tasks": names,
+            "task_metric": {t.name: METRIC_NAMES.get(t.spec.metric, t.spec.metric) for t in tasks},
+            "zero_shot": zero,
+            "accuracy_matrix": matrix,
+            "metrics": {k: round(v, 4) for k, v in continual_metrics(matrix, zero).items()},
+            "counts": state["counts"]
+            or {
+                n: {"scored": len(t.test), "total": len(t.test)}
+                for n, t in zip(names, tasks, strict=True)
+            },
+            "timing": {
+                "train_s": round(state["train_s"], 2),
+                "eval_s": round(state["eval_s"], 2),
+                "train_samples_per_s": round(
+                    state["train_samples"] / max(state["train_s"], 1e-9), 2
+                ),
+            },
+            "environment": environment(),
+        }
+        if method.joint:
+            res["upper_bound"] = True
+            res["note"] = "joint trains once on all tasks; its one evaluation fills every row"
+        if not method.trains:
+            res["note"] = "zero-shot does not train; the base model's evaluation fills every row"
+        routed = [r for r in state["routing"] if r]
+        if routed:
+            res["routing"] = {
+                "accuracy": [round(100 * a, 2) for a in routed[-1]],
+                "per_step": [
+                    [round(100 * a, 2) if a is not None else None for a in r]
+                    for r in state["routing"]
+                ],
+                **method.report().get("routing", {}),
+            }
+        extra = {k: v for k, v in method.report().items() if k != "routing"}
+        if extra:
+            res["method_info"] = extra
+        return res

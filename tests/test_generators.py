@@ -1,0 +1,49 @@
+import hashlib
+
+from mmcl.data.benchmarks import get_benchmark
+from mmcl.data.records import validate_file
+from mmcl.data.synth import ability, sample_rng
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_generation_is_deterministic_and_valid(tmp_path, monkeypatch):
+    bench = get_benchmark("ability")
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "a"))
+    a = bench.materialize(3, 6, 4)
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "b"))
+    b = bench.materialize(3, 6, 4)
+    assert _digest(a) == _digest(b)
+    for task in bench.order:
+        for split in ("train", "test"):
+            n, problems = validate_file(a / task / f"{split}.json")
+            assert problems == [] and n == (6 if split == "train" else 4)
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "c"))
+    assert _digest(bench.materialize(4, 6, 4)) != _digest(a)
+
+
+def test_ocr_test_words_never_appear_in_training():
+    train = {
+        ability.make_ocr(sample_rng(0, "ocr", "train", i), "train").answers[0] for i in range(300)
+    }
+    test = {
+        ability.make_ocr(sample_rng(0, "ocr", "test", i), "test").answers[0] for i in range(300)
+    }
+    assert train.isdisjoint(test)
+
+
+def test_answers_match_task_formats():
+    for name, task in ability.TASKS.items():
+        for i in range(20):
+            s = task.make(sample_rng(1, name, "train", i), "train")
+            assert s.answers[0].strip() and len(s.images) == 1
+            if name in ("math", "perception"):
+                assert s.answers[0].isdigit()
+            if name == "gui":
+                assert s.answers[0].startswith("click ")
