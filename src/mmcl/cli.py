@@ -1,4 +1,4 @@
-"""The `mmcl` command: run, compare, demo, data, list."""
+"""The `mmcl` command: run, compare, demo, bench, data, list."""
 
 from __future__ import annotations
 
@@ -55,10 +55,12 @@ def run(
     """Run one continual-learning experiment and write results.json + report."""
     from mmcl.config import load_config
     from mmcl.report import matrix_markdown
-    from mmcl.runner import Run
+    from mmcl.runner import Run, is_main_process
 
     cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset))
     res = Run(cfg, out).execute(resume=resume)
+    if not is_main_process():  # under torchrun/accelerate the first process reports
+        return
     console.print(matrix_markdown(res))
     console.print({k: round(v, 2) for k, v in res["metrics"].items()})
     console.print(f"results: {out / 'results.json'}")
@@ -128,6 +130,24 @@ def demo(
     console.print(
         f"demo finished in {time.perf_counter() - t0:.0f} s; report: {out / 'comparison.md'}"
     )
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("mmcl-bench"),
+    preset: Annotated[str, typer.Option(help="bench preset (micro, tiny)")] = "tiny",
+    quick: Annotated[bool, typer.Option(help="fewer, smaller measurements")] = False,
+    methods: Annotated[
+        str | None, typer.Option(help="methods of the scaling run, comma-separated")
+    ] = None,
+) -> None:
+    """Measure training/evaluation speed, routed inference and scaling; write bench.json/.md."""
+    from mmcl.bench import run_bench
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    res = run_bench(out, preset, quick, names)
+    console.print((out / "bench.md").read_text(encoding="utf-8"), markup=False)
+    console.print(f"bench finished in {res['seconds']:.0f} s: {out / 'bench.json'}")
 
 
 @app.command("list")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmcl.errors import MmclError
 from mmcl.train import TrainSettings
@@ -16,14 +16,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TaskFiles(_Strict):
+    """Where one task's files are, relative to data.root (or absolute)."""
+
+    train: str | None = None
+    test: str | None = None
+
+
 class DataSettings(_Strict):
     train_size: int | None = Field(None, ge=1, description="training samples per task")
     test_size: int | None = Field(None, ge=1, description="test samples per task")
     root: Path | None = Field(None, description="data root of a real-data benchmark")
+    files: dict[str, TaskFiles] = Field(
+        default_factory=dict, description="per-task file overrides of a real-data benchmark"
+    )
 
 
 class ModelSettings(_Strict):
+    """Which backbone: the embedded preset, a local HF image-text-to-text model (`hf-native`),
+    or a composed model from local pretrained parts (`pretrained-parts`)."""
+
+    backbone: Literal["composed", "hf-native", "pretrained-parts"] = "composed"
     preset: str = Field("tiny", description="embedded model preset (micro, tiny)")
+    path: Path | None = Field(None, description="hf-native: local model + processor folder")
+    vision_path: Path | None = Field(None, description="pretrained-parts: CLIP/SigLIP folder")
+    lm_path: Path | None = Field(None, description="pretrained-parts: causal LM folder")
+    audio_path: Path | None = Field(None, description="pretrained-parts: Whisper folder")
+    projector_path: Path | None = Field(
+        None, description="pretrained-parts: projector weights (safetensors) to start from"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantize: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="load the LM in 8/4 bit (bitsandbytes + a CUDA GPU)"
+    )
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _paths_given(self) -> ModelSettings:
+        need = {"hf-native": ["path"], "pretrained-parts": ["vision_path", "lm_path"]}
+        missing = [f"model.{k}" for k in need.get(self.backbone, []) if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"backbone {self.backbone!r} needs {', '.join(missing)}")
+        return self
 
 
 class EvalSettings(_Strict):
@@ -78,19 +112,26 @@ def load_config(
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise MmclError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MmclError(f"{path}: cannot read the config ({e})") from None
         except yaml.YAMLError as e:
             raise MmclError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
             raise MmclError(f"{path}: a config must be a mapping of keys to values")
+    source = str(path) if path else "config"
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         node = data
         *parents, last = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):  # e.g. `model: micro`, then --preset
+                raise MmclError(f"{source}: '{p}' must be a mapping of keys to values")
+            node = node[p]
         node[last] = value
-    return parse_config(data, str(path) if path else "config")
+    return parse_config(data, source)
 
 
 def validate_settings(model: type[BaseModel], data: dict[str, Any], where: str) -> BaseModel:

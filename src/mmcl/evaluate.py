@@ -7,12 +7,16 @@ sample with its chosen adapter, in mixed batches through peft's `adapter_names`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from accelerate.utils import gather_object
+
 from mmcl.data.benchmarks import Task
 from mmcl.errors import MmclError
+from mmcl.io import process_state
 from mmcl.metrics import score_task
 
 if TYPE_CHECKING:
@@ -37,17 +41,32 @@ def evaluate_task(
 ) -> TaskResult:
     t0 = time.perf_counter()
     records = sorted(task.test, key=lambda r: (len(r.prompt), r.id))
-    predictions: dict[str, str] = {}
-    routes: dict[str, str] = {}
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
+    batches = [records[s : s + batch_size] for s in range(0, len(records), batch_size)]
+    # Under torchrun/accelerate, process k answers batches k, k + n, ... (the very batches of
+    # one process, hence the same answers). All make the same number of calls, since sharded
+    # models (FSDP, ZeRO-3) generate in lockstep: one out of batches repeats the last and
+    # drops its answers.
+    dist = process_state()
+    rank, world = dist.process_index, dist.num_processes
+    answered: list[tuple[str, str, str | None]] = []
+    for j in range(rank, world * math.ceil(len(batches) / world), world):
+        chunk = batches[min(j, len(batches) - 1)]
         batch = backbone.collate(chunk, train=False).to(backbone.device)
         names = method.predict(batch) if method is not None else None
         answers = backbone.generate(batch, adapter_names=names)
-        for rec, ans in zip(chunk, answers, strict=True):
-            predictions[rec.id] = ans
-        if names is not None:
-            routes.update(zip([r.id for r in chunk], names, strict=True))
+        if j < len(batches):
+            chosen = names or [None] * len(chunk)
+            answered += zip([r.id for r in chunk], answers, chosen, strict=True)
+    if world > 1:
+        answered = gather_object(answered)
+    predictions: dict[str, str] = {}
+    routes: dict[str, str] = {}
+    for rid, ans, route in answered:
+        if rid in predictions:  # every sample exactly once, or the run fails
+            raise MmclError(f"task {task.name}: sample {rid} was answered twice")
+        predictions[rid] = ans
+        if route is not None:
+            routes[rid] = route
     missing = [r.id for r in task.test if r.id not in predictions]
     if missing:
         raise MmclError(
@@ -67,6 +86,8 @@ def evaluate_task(
         }
         if rec.id in routes:
             row["route"] = routes[rec.id]
+        if rec.media:  # the report shows samples with their media
+            row["media"] = {m: [str(p) for p in paths] for m, paths in rec.media.items()}
         rows.append(row)
     routing = sum(routes[r.id] == task.name for r in task.test) / len(task.test) if routes else None
     return TaskResult(

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 
 from mmcl.errors import MmclError
@@ -56,6 +57,8 @@ def read_json(path: str | Path) -> Any:
         raise MmclError(f"{path}: file not found") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MmclError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:  # nesting deeper than the parser can follow
+        raise MmclError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -96,3 +99,9 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def process_state() -> PartialState:
+    """This process's place in a torchrun/accelerate launch (rank 0 of 1 when not launched).
+    Without CUDA, processes talk over gloo, which accelerate enables only with cpu=True."""
+    return PartialState(cpu=not torch.cuda.is_available())

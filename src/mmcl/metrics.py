@@ -62,12 +62,23 @@ def substring_match(prediction: str, references: Sequence[str]) -> float:
     return float(any(_norm(r) in pred for r in references if _norm(r)))
 
 
+def compact_exact_match(prediction: str, references: Sequence[str]) -> float:
+    """MLLM-CL's Fin scorer: lowercased exact match after removing every space and dot."""
+
+    def squash(text: str) -> str:
+        return re.sub(r"[\s.]", "", text.lower())
+
+    pred = squash(prediction)
+    return float(any(pred == squash(r) for r in references if squash(r)))
+
+
 Scorer = Callable[[str, Sequence[str]], float]
 SCORERS: dict[str, Scorer] = {
     "lenient": lenient_match,
     "number": number_match,
     "exact": exact_match,
     "substring": substring_match,
+    "compact-exact": compact_exact_match,
 }
 # The name a results.json reports for each scorer.
 METRIC_NAMES = {
@@ -75,6 +86,7 @@ METRIC_NAMES = {
     "number": "accuracy",
     "exact": "exact_match",
     "substring": "accuracy",
+    "compact-exact": "exact_match",
 }
 CorpusScorer = Callable[[list[str], list[list[str]]], tuple[list[float], dict[str, float]]]
 CORPUS_SCORERS: dict[str, CorpusScorer] = {}
@@ -88,6 +100,10 @@ def score_task(
         raise MmclError(f"{len(predictions)} predictions for {len(references)} samples")
     if metric in CORPUS_SCORERS:
         scores, extra = CORPUS_SCORERS[metric](predictions, references)
+        # A corpus scorer may define the task score itself (msvqa: the VQA score, F1 aside).
+        if "task_score" in extra:
+            extra = dict(extra)
+            return scores, extra.pop("task_score"), extra
     elif metric in SCORERS:
         scores, extra = (
             [SCORERS[metric](p, r) for p, r in zip(predictions, references, strict=True)],
@@ -96,6 +112,109 @@ def score_task(
     else:
         raise MmclError(f"unknown metric {metric!r}; known: {sorted(SCORERS | CORPUS_SCORERS)}")
     return scores, 100.0 * sum(scores) / max(1, len(scores)), extra
+
+
+# --- multi-scenario VQA with grounding (MSVQA) ------------------------------------------------
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX = rf"\[{_NUM},{_NUM},{_NUM},{_NUM}\]"
+
+
+def format_boxes(boxes: Sequence[Box]) -> str:
+    """Boxes as answer text: "[x0,y0,x1,y1]", several separated by a space (short in tokens)."""
+    return " ".join("[" + ",".join(f"{v:g}" for v in b) + "]" for b in boxes)
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """Every "[x0, y0, x1, y1]" in a text (spaces optional), in order of appearance."""
+    return [tuple(float(v) for v in m.groups()) for m in re.finditer(_BOX, text)]
+
+
+def is_box_answer(text: str) -> bool:
+    """True when a reference is nothing but one or more boxes (a grounding sample)."""
+    return bool(parse_boxes(text)) and not re.sub(_BOX, "", text).strip(" ,;")
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes; degenerate boxes have area 0."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+
+    def area(x: Box) -> float:
+        return max(0.0, x[2] - x[0]) * max(0.0, x[3] - x[1])
+
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_hits(predicted: Sequence[Box], reference: Sequence[Box], threshold: float = 0.5) -> int:
+    """Predicted boxes matched one-to-one to reference boxes at IoU >= threshold (greedy, by
+    decreasing IoU)."""
+    pairs = sorted(
+        ((box_iou(p, r), i, j) for i, p in enumerate(predicted) for j, r in enumerate(reference)),
+        reverse=True,
+    )
+    used_p: set[int] = set()
+    used_r: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < threshold:
+            break
+        if i not in used_p and j not in used_r:
+            used_p.add(i)
+            used_r.add(j)
+    return len(used_p)
+
+
+def detection_f1(hits: int, n_predicted: int, n_reference: int) -> tuple[float, float, float]:
+    """(precision, recall, F1) of box hits; 0 where a denominator is 0."""
+    p = hits / n_predicted if n_predicted else 0.0
+    r = hits / n_reference if n_reference else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def vqa_score(prediction: str, references: Sequence[str]) -> float:
+    """VQA accuracy min(1, matches / 3) over normalised exact matches; with fewer than three
+    references a single match is full credit."""
+    pred = _norm(prediction).rstrip(".")
+    matches = sum(pred == _norm(r).rstrip(".") for r in references)
+    return min(1.0, matches / min(3, max(1, len(references))))
+
+
+def msvqa_scores(
+    predictions: list[str], references: list[list[str]]
+) -> tuple[list[float], dict[str, float]]:
+    """MSVQA scoring: a sample whose reference is boxes is grounding (per-sample score: its box
+    F1 at IoU >= 0.5; the task's grounding F1 pools hits over all its boxes), any other sample
+    is a question (VQA score). The task score is the VQA score (grounding F1 if there are no
+    questions); all figures 0-100."""
+    scores: list[float] = []
+    hits = n_pred = n_ref = 0
+    vqa: list[float] = []
+    for pred, refs in zip(predictions, references, strict=True):
+        if refs and is_box_answer(refs[0]):
+            boxes, truth = parse_boxes(pred), parse_boxes(refs[0])
+            h = box_hits(boxes, truth)
+            hits, n_pred, n_ref = hits + h, n_pred + len(boxes), n_ref + len(truth)
+            scores.append(detection_f1(h, len(boxes), len(truth))[2])
+        else:
+            scores.append(vqa_score(pred, refs))
+            vqa.append(scores[-1])
+    precision, recall, f1 = detection_f1(hits, n_pred, n_ref)
+    extra = {
+        "vqa": 100 * sum(vqa) / len(vqa) if vqa else 0.0,
+        "grounding_f1": 100 * f1,
+        "grounding_precision": 100 * precision,
+        "grounding_recall": 100 * recall,
+        "vqa_samples": float(len(vqa)),
+        "grounding_samples": float(len(scores) - len(vqa)),
+    }
+    extra["task_score"] = extra["vqa"] if vqa else extra["grounding_f1"]
+    return scores, extra
+
+
+CORPUS_SCORERS["msvqa"] = msvqa_scores
+METRIC_NAMES["msvqa"] = "vqa_score"
 
 
 # --- continual metrics on the accuracy matrix -------------------------------------------------

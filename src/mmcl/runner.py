@@ -4,13 +4,17 @@ After each step the whole state needed to continue is written atomically under
 `checkpoints/`: the weights that any step trained (safetensors), the method's state
 (safetensors + JSON), and the partial results (JSON). `--resume` continues after the last
 completed step; seeds are derived from (seed, step), so a resumed run ends as an uninterrupted
-one would.
+one would. latest.json, written last, commits a step; the folder of the step before stays until
+the next commit, and resume falls back to it when the newest one is corrupt or partial.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from mmcl.evaluate import TaskResult, evaluate_task
 from mmcl.io import (
     derive_seed,
     load_tensors,
+    process_state,
     read_json,
     save_tensors,
     seed_everything,
@@ -37,17 +42,42 @@ from mmcl.models.base import Backbone
 from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checkpoint:
+    """One step folder, read in full (and so known to be intact) before it is applied."""
+
+    folder: Path
+    state: dict[str, Any]
+    method_tensors: dict[str, torch.Tensor]
+    model_tensors: dict[str, torch.Tensor]
 
 
 def load_tasks(cfg: ExperimentConfig) -> list[Task]:
-    bench = get_benchmark(cfg.benchmark)
+    files = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
+    bench = get_benchmark(cfg.benchmark, cfg.data.root, files)
     return bench.load(cfg.seed, cfg.data.train_size, cfg.data.test_size, cfg.tasks)
 
 
 def load_backbone(cfg: ExperimentConfig) -> Backbone:
+    if cfg.model.backbone == "hf-native":
+        from mmcl.models.hf_native import load_hf_native
+
+        return load_hf_native(cfg.model)
+    if cfg.model.backbone == "pretrained-parts":
+        from mmcl.models.pretrained import load_pretrained_parts
+
+        return load_pretrained_parts(cfg.model)
     from mmcl.models.tiny import pretrained_backbone
 
     return pretrained_backbone(cfg.model.preset, seed=0)
+
+
+def is_main_process() -> bool:
+    """Under torchrun/accelerate every process runs the loop; only the first writes files."""
+    return process_state().is_main_process
 
 
 def environment() -> dict[str, Any]:
@@ -99,6 +129,8 @@ class Run:
 
     # --- checkpoints ------------------------------------------------------------------------
     def _save(self, step: int, state: dict[str, Any], backbone: Backbone, method: Method) -> None:
+        if not is_main_process():
+            return
         folder = self.ckpt / f"step{step}"
         if folder.exists():
             shutil.rmtree(folder)
@@ -116,21 +148,60 @@ class Run:
             if old.name not in {f"step{step}", f"step{step - 1}"}:
                 shutil.rmtree(old)
 
-    def _latest(self) -> Path | None:
+    def _checkpoints(self) -> list[Path]:
+        """Step folders to resume from, best first: the committed one (latest.json), then the
+        older ones, for when it turns out corrupt. A folder newer than latest.json was never
+        committed; without a readable latest.json, every folder is a candidate (state.json is
+        written last, so a folder that has one and loads is complete)."""
+        steps = sorted(
+            (int(f.name[4:]) for f in self.ckpt.glob("step*") if f.name[4:].lstrip("-").isdigit()),
+            reverse=True,
+        )
         latest = self.ckpt / "latest.json"
-        return self.ckpt / f"step{read_json(latest)['step']}" if latest.exists() else None
+        if latest.exists():
+            try:
+                top = int(read_json(latest)["step"])
+                steps = [s for s in steps if s <= top]
+            except (MmclError, KeyError, TypeError, ValueError) as e:
+                log.warning("%s is unreadable (%s); using the newest complete step", latest, e)
+        return [self.ckpt / f"step{s}" for s in steps]
 
-    def _restore(self, folder: Path, backbone: Backbone, method: Method) -> dict[str, Any]:
-        state = read_json(folder / "state.json")
-        if state.get("config") != self.cfg.model_dump(mode="json"):
+    def _find_checkpoint(self) -> Checkpoint | None:
+        """Read and check the newest usable checkpoint in full, before anything is applied."""
+        problems = []
+        for folder in self._checkpoints():
+            try:
+                state = read_json(folder / "state.json")
+                if not isinstance(state, dict) or "method_state" not in state:
+                    raise MmclError(f"{folder / 'state.json'}: not a checkpoint state")
+                ckpt = Checkpoint(
+                    folder,
+                    state,
+                    load_tensors(folder / "method.safetensors"),
+                    load_tensors(folder / "model.safetensors"),
+                )
+            except MmclError as e:
+                log.warning("corrupt checkpoint, trying the previous one: %s", e)
+                problems.append(str(e))
+                continue
+            if state.get("config") != self.cfg.model_dump(mode="json"):
+                raise MmclError(
+                    f"{folder}: the checkpoint was made with another configuration; "
+                    "resume with the same config, or use a new --out"
+                )
+            return ckpt
+        if problems and (self.ckpt / "latest.json").exists():
             raise MmclError(
-                f"{folder}: the checkpoint was made with another configuration; "
-                "resume with the same config, or use a new --out"
+                f"{self.ckpt}: no usable checkpoint ({'; '.join(problems)}); "
+                "remove the folder to start the run again"
             )
-        m_rest = state.pop("method_state")
-        method.load_state_dict(_unflatten(load_tensors(folder / "method.safetensors"), m_rest))
+        return None  # nothing was committed yet: start from the beginning
+
+    def _restore(self, ckpt: Checkpoint, backbone: Backbone, method: Method) -> dict[str, Any]:
+        state = dict(ckpt.state)
+        method.load_state_dict(_unflatten(ckpt.method_tensors, state.pop("method_state")))
         current = backbone.state_dict()
-        current.update(load_tensors(folder / "model.safetensors"))
+        current.update(ckpt.model_tensors)
         backbone.load_state_dict(current)
         return state
 
@@ -142,17 +213,18 @@ class Run:
                 f"{self.out} already holds a run; pass --resume to continue it, "
                 "or choose another --out"
             )
-        tasks = load_tasks(cfg)
+        with process_state().main_process_first():  # the first process fills the caches
+            tasks = load_tasks(cfg)
+            backbone = load_backbone(cfg)
         specs = [t.spec for t in tasks]
-        backbone = load_backbone(cfg)
         backbone.max_new_tokens = cfg.eval.max_new_tokens
         seed_everything(derive_seed(cfg.seed, "setup"))
         method = make_method(cfg.method.name, cfg.method.options(), backbone, specs, cfg.seed)
         settings = TrainSettings(
             **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
         )
-        folder = self._latest() if resume else None
-        if folder is None:
+        found = self._find_checkpoint() if resume else None
+        if found is None:
             state = {
                 "config": cfg.model_dump(mode="json"),
                 "zero_shot": None,
@@ -171,7 +243,8 @@ class Run:
             self._save(ZERO_SHOT_STEP, state, backbone, method)
         else:
             method.setup()
-            state = self._restore(folder, backbone, method)
+            state = self._restore(found, backbone, method)
+            method.restore_tasks(tasks[: state["next_step"]])
         if not method.trains:
             state["rows"] = [state["zero_shot"]] * len(tasks)
         elif method.joint and state["next_step"] == 0:
@@ -190,10 +263,11 @@ class Run:
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
         results = self._results(tasks, method, state)
-        write_json(self.out / "results.json", results)
-        from mmcl.report import write_report
+        if is_main_process():
+            from mmcl.report import write_report
 
-        write_report(self.out, results)
+            write_json(self.out / "results.json", results)
+            write_report(self.out, results)
         return results
 
     def _train_step(
@@ -221,23 +295,29 @@ class Run:
         state["trained_params"] = sorted(
             set(state["trained_params"]) | set(backbone.trainable_parameters())
         )
-        method.after_task(task, step)
-        state["train_s"] += stats.seconds
+        t_after = time.perf_counter()
+        method.after_task(task, step)  # consolidation (a Fisher, a router) is training time too
+        state["train_s"] += stats.seconds + (time.perf_counter() - t_after)
         state["train_samples"] += stats.samples
 
     def _evaluate(
         self, backbone: Backbone, method: Method | None, tasks: list[Task], tag: str, state: dict
     ) -> tuple[list[float], dict, list[float] | None]:
-        row, counts, routing = [], {}, []
+        row, counts, routing, extras = [], {}, [], {}
         for task in tasks:
             res: TaskResult = evaluate_task(backbone, task, method, self.cfg.eval.batch_size)
-            write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
+            if is_main_process():
+                write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
             if res.scored != res.total:
                 raise MmclError(f"{task.name}: scored {res.scored} of {res.total} samples")
             row.append(round(res.score, 4))
             counts[task.name] = {"scored": res.scored, "total": res.total}
             routing.append(res.routing_accuracy)
             state["eval_s"] += res.seconds
+            if res.extra:
+                extras[task.name] = {k: round(v, 4) for k, v in res.extra.items()}
+        if extras:  # a scorer's figures beside the task score (e.g. grounding F1), per evaluation
+            state.setdefault("task_extra", {})[tag] = extras
         return row, counts, (routing if any(r is not None for r in routing) else None)
 
     def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
@@ -280,6 +360,13 @@ class Run:
                     for r in state["routing"]
                 ],
                 **method.report().get("routing", {}),
+            }
+        task_extra = state.get("task_extra") or {}
+        if task_extra:  # rows follow accuracy_matrix (one evaluation fills all for joint/zero-shot)
+            tag = "zero_shot" if not method.trains else ("step0" if method.joint else None)
+            res["task_extra"] = {
+                "zero_shot": task_extra.get("zero_shot", {}),
+                "per_step": [task_extra.get(tag or f"step{k}", {}) for k in range(len(matrix))],
             }
         extra = {k: v for k, v in method.report().items() if k != "routing"}
         if extra:

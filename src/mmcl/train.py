@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedDataParallelKwargs
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -50,7 +51,14 @@ class TrainStats:
 
 
 def _accelerator(grad_accum: int) -> Accelerator:
-    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=grad_accum)
+    # split_batches: `batch_size` is the global batch, split across processes, so N processes
+    # take the same optimisation steps as one. Unused parameters: routed adapters and experts.
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=grad_accum,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
 
 
 def train(
@@ -68,6 +76,11 @@ def train(
     if not records:
         raise MmclError(f"{desc}: no training records")
     acc = _accelerator(settings.grad_accum)
+    if settings.batch_size % acc.num_processes:
+        raise MmclError(
+            f"{desc}: train.batch_size ({settings.batch_size}) is the global batch and must be a "
+            f"multiple of the number of processes ({acc.num_processes})"
+        )
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         records,
@@ -103,6 +116,12 @@ def train(
                     with acc.accumulate(backbone.model):
                         out = backbone.forward(batch)
                         loss = out.loss
+                        if acc.num_processes > 1:
+                            # DDP averages gradients; weighting each process's token mean by
+                            # its share of the batch's answer tokens makes that the mean over
+                            # all answer tokens, as in one process.
+                            n = out.answer_mask.sum().float()
+                            loss = loss * n * acc.num_processes / acc.reduce(n, "sum").clamp(min=1)
                         if method is not None:
                             for term in method.loss(batch, out).values():
                                 loss = loss + term
@@ -117,10 +136,11 @@ def train(
                     lv = loss.item()
                     loss_ema = lv if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * lv
                     done += 1
-                    seen += len(batch)
+                    seen += len(batch) * acc.num_processes
                     sps = seen / (time.perf_counter() - t0)
                     bar.update(job, advance=1, loss=loss_ema, sps=sps)
-                    if not bar.console.is_terminal and done % max(1, n_batches // 5) == 0:
+                    quiet = bar.console.is_terminal or not acc.is_main_process
+                    if not quiet and done % max(1, n_batches // 5) == 0:
                         bar.console.print(
                             f"{desc}: {done}/{n_batches} batches, loss "
                             f"{loss_ema:.3f}, {sps:.0f} samples/s"

@@ -13,6 +13,7 @@ from types import ModuleType
 
 from mmcl.data.records import Record, load_records
 from mmcl.data.synth import SynthTask, generate
+from mmcl.data.synth.scenario import ORDER_5, ORDER_20
 from mmcl.errors import MmclError
 from mmcl.io import cache_dir, read_json, stable_hash
 
@@ -137,6 +138,41 @@ register_benchmark(
         test_size=100,
     )
 )
+register_benchmark(
+    SynthBenchmark(
+        "domain",
+        "MLLM-CL domain stream: remote sensing -> medical -> driving -> science -> finance "
+        "(images, train and test IID)",
+        "domain",
+        ("remote_sensing", "medical", "driving", "science", "finance"),
+        train_size=1000,
+        test_size=100,
+    )
+)
+
+# MSVQA-style multi-scenario streams (UNIFIER); data/synth/scenario.py has the protocols.
+register_benchmark(
+    SynthBenchmark(
+        "scenario",
+        "multi-scenario VQA + grounding, 5 steps: high altitude -> underwater -> low altitude "
+        "-> indoor -> high altitude again (images)",
+        "scenario",
+        ORDER_5,
+        train_size=1000,
+        test_size=150,
+    )
+)
+register_benchmark(
+    SynthBenchmark(
+        "scenario-20",
+        "multi-scenario VQA + grounding, 20 steps: the four scenarios visited five times, "
+        "fresh data each visit (images)",
+        "scenario",
+        ORDER_20,
+        train_size=300,
+        test_size=60,
+    )
+)
 
 # The general corpus that base-pretrains the embedded default model (not a CL stream).
 PRETRAIN = SynthBenchmark(
@@ -149,11 +185,36 @@ PRETRAIN = SynthBenchmark(
 )
 
 
-def get_benchmark(name: str) -> SynthBenchmark:
-    if name not in BENCHMARKS:
-        raise MmclError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name]
+def get_benchmark(
+    name: str, root: Path | None = None, files: dict[str, dict[str, str]] | None = None
+) -> SynthBenchmark | RealBenchmark:
+    """A benchmark by name, or a stream YAML by path; real-data ones are bound to the data root
+    and per-task path overrides."""
+    if name.endswith((".yaml", ".yml")):
+        bench = load_stream(name)
+    elif name in BENCHMARKS:
+        bench = BENCHMARKS[name]
+    else:
+        raise MmclError(
+            f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)} or give a stream "
+            "YAML file"
+        )
+    if isinstance(bench, RealBenchmark):
+        return bench.at(root, files)
+    if root is not None or files:
+        raise MmclError(
+            f"benchmark {name!r} is generated; data.root and data.files apply to real-data "
+            "benchmarks (mllm-cl-dcl, mllm-cl-acl, a stream YAML)"
+        )
+    return bench
 
 
 def benchmark_info(folder: Path) -> dict:
     return read_json(folder / "benchmark.json")
+
+
+# Real-data layouts build on Task/TaskSpec above, hence imported last.
+from mmcl.data.real import MLLM_CL_ACL, MLLM_CL_DCL, RealBenchmark, load_stream  # noqa: E402
+
+register_benchmark(MLLM_CL_DCL)
+register_benchmark(MLLM_CL_ACL)

@@ -26,7 +26,7 @@ def _discover() -> None:
 
 
 def get_method(name: str) -> type[Method]:
-    if not METHODS:
+    if name not in METHODS:  # not `if not METHODS`: importing one method module registers it
         _discover()
     if name not in METHODS:
         raise MmclError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
@@ -34,8 +34,7 @@ def get_method(name: str) -> type[Method]:
 
 
 def all_methods() -> dict[str, type[Method]]:
-    if not METHODS:
-        _discover()
+    _discover()  # imports are cached: cheap after the first call
     return dict(METHODS)
 
 

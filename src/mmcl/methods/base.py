@@ -77,3 +77,7 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()`; recreate any adapters so that the weights can load."""
+
+    def restore_tasks(self, seen: list[Task]) -> None:
+        """On resume, after `load_state_dict`: the tasks trained before the checkpoint, so that
+        a method that stores sample references (record ids) can find its records again."""

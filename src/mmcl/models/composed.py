@@ -7,6 +7,7 @@ on `inputs_embeds`. This is LLaVA's design, and what MoInCL uses per modality.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from torch import nn
 from mmcl.data.records import MODALITIES, Record
 from mmcl.errors import MmclError
 from mmcl.models.base import IGNORE, Backbone, Batch, lm_linear_regex
+
+
+_PLACEHOLDER_RE = re.compile("|".join(f"<{m}>" for m in MODALITIES))
 
 
 class VisionTower(nn.Module):
@@ -131,7 +135,7 @@ class ComposedBackbone(Backbone):
         self.num_tokens = num_tokens
         self.lm_lora_targets = lm_linear_regex("lm.model")
         self.vision_lora_targets = (
-            r"encoders\.image\.model\.vision_model\.encoder\.layers\.\d+\."
+            r"encoders\.image\.model\.(?:vision_model\.)?encoder\.layers\.\d+\."
             r"(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])"
         )
         tok = tokenizer
@@ -141,7 +145,8 @@ class ComposedBackbone(Backbone):
     def vision_blocks(self) -> list[nn.Module]:
         if "image" not in self.core.encoders:
             raise MmclError("this backbone has no vision encoder")
-        return list(self.core.encoders["image"].model.vision_model.encoder.layers)
+        model = self.core.encoders["image"].model  # transformers 5: no `.vision_model` level
+        return list(getattr(model, "vision_model", model).encoder.layers)
 
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -156,10 +161,21 @@ class ComposedBackbone(Backbone):
                 out += [t] * self.num_tokens[m]
         return out
 
+    @staticmethod
+    def _question_first(human: str) -> str:
+        """Move media placeholders after the question: with a causal LM, media tokens that come
+        after the question can already attend to it (question-aware visual tokens), which a
+        small LM needs in order to learn to pick out the right object quickly."""
+        media = _PLACEHOLDER_RE.findall(human)
+        if not media:
+            return human
+        return _PLACEHOLDER_RE.sub("", human).strip() + "\n" + "".join(media)
+
     def _sequence(self, rec: Record, train: bool) -> tuple[list[int], list[int]]:
-        ids, labels = [self.bos], [IGNORE]
+        # Some pretrained LMs (Qwen) have no BOS token.
+        ids, labels = ([self.bos], [IGNORE]) if self.bos is not None else ([], [])
         for k, (human, answer) in enumerate(rec.turns):
-            prompt = self._encode(f"user: {human}\nassistant:")
+            prompt = self._encode(f"user: {self._question_first(human)}\nassistant:")
             ids += prompt
             labels += [IGNORE] * len(prompt)
             last = k == len(rec.turns) - 1

@@ -34,7 +34,7 @@ from mmcl.train import TrainSettings
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<audio>", "<video>"]
 # Bump when the architecture code or the pretraining corpus changes meaning.
-BASE_VERSION = 1
+BASE_VERSION = 2
 
 
 @dataclass(frozen=True)

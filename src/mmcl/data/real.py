@@ -1,0 +1,333 @@
+"""Real-data streams: the published MLLM-CL layouts and any LLaVA-format stream from YAML.
+
+A RealBenchmark knows its tasks (name, modality, scorer, description) and where each task's
+train/test files sit under a data root. The root (and per-task path overrides) are bound with
+`at(root, files)`; `load()` then reads and validates every file through the same reader as the
+built-in benchmarks. Missing roots and files fail with one error that lists everything
+expected.
+
+A stream YAML looks like:
+
+    name: my-stream            # optional (default: the file's name)
+    root: data                 # optional, relative to the YAML; data.root overrides it
+    tasks:
+      - name: charts
+        train: charts/train.json     # LLaVA conversations
+        test: charts/test.json       # LLaVA or MLLM-CL {question_id, image, text, answer}
+        modality: image              # default image
+        scorer: lenient              # a scorer of mmcl.metrics
+        description: questions about bar and line charts
+    order: [charts]            # optional (default: the order of `tasks`)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmcl.data.benchmarks import Task, TaskSpec
+from mmcl.data.records import MODALITIES, Record, load_records
+from mmcl.errors import DataError, MmclError
+from mmcl.io import derive_seed
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class RealTask:
+    """A task of a real-data stream; `train`/`test` list candidate paths under the root (the
+    first that exists is used, because the published scripts and the released archive do not
+    name folders alike)."""
+
+    spec: TaskSpec
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RealBenchmark:
+    """A stream read from files under a data root, with the same `load()` as SynthBenchmark."""
+
+    name: str
+    summary: str
+    tasks: tuple[RealTask, ...]
+    root: Path | None = None
+    files: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per-task overrides
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return tuple(t.spec.name for t in self.tasks)
+
+    def specs(self) -> list[TaskSpec]:
+        return [t.spec for t in self.tasks]
+
+    def at(self, root: Path | None, files: Mapping[str, Mapping[str, str]] | None) -> RealBenchmark:
+        """This stream bound to a data root and per-task path overrides ({task: {train, test}})."""
+        files = dict(files or {})
+        unknown = sorted(set(files) - set(self.order))
+        if unknown:
+            raise MmclError(
+                f"data.files names task(s) {unknown} that benchmark {self.name!r} does not have; "
+                f"its tasks are {list(self.order)}"
+            )
+        for task, paths in files.items():
+            bad = sorted(set(paths) - set(SPLITS))
+            if bad:
+                raise MmclError(f"data.files.{task}: unknown key(s) {bad}; use train and test")
+        return replace(self, root=Path(root) if root is not None else self.root, files=files)
+
+    def materialize(self, *args, **kwargs) -> Path:
+        raise MmclError(
+            f"benchmark {self.name!r} is read from your data root (data.root); "
+            "there is nothing to generate"
+        )
+
+    def _root(self) -> Path:
+        if self.root is None:
+            raise MmclError(
+                f"benchmark {self.name!r} reads data files: set data.root to the folder that "
+                f"holds them (expected there: {self._expected_listing()})"
+            )
+        if not self.root.is_dir():
+            raise MmclError(
+                f"data.root {self.root} is not a folder; benchmark {self.name!r} expects there: "
+                f"{self._expected_listing()}"
+            )
+        return self.root
+
+    def _candidates(self, task: RealTask, split: str) -> tuple[str, ...]:
+        override = self.files.get(task.spec.name, {}).get(split)
+        return (override,) if override else getattr(task, split)
+
+    def _expected_listing(self) -> str:
+        return ", ".join(" or ".join(self._candidates(t, s)) for t in self.tasks for s in SPLITS)
+
+    def resolve(self, names: list[str]) -> dict[str, dict[str, Path]]:
+        """The train/test file of each task in `names`; one error lists every missing file."""
+        root = self._root()
+        by_name = {t.spec.name: t for t in self.tasks}
+        found: dict[str, dict[str, Path]] = {}
+        missing: list[str] = []
+        for n in names:
+            for split in SPLITS:
+                cands = self._candidates(by_name[n], split)
+                hit = next((root / c for c in cands if (root / c).is_file()), None)
+                if hit is None:
+                    missing.append(f"{n} {split}: {' or '.join(str(root / c) for c in cands)}")
+                else:
+                    found.setdefault(n, {})[split] = hit
+        if missing:
+            raise MmclError(
+                f"benchmark {self.name!r}: {len(missing)} expected file(s) missing under "
+                f"{root}:\n" + "\n".join(f"  - {m}" for m in missing) + "\n"
+                "Point data.root at the data folder, or set data.files.<task>.<train|test> "
+                "to a path relative to it."
+            )
+        return found
+
+    def load(
+        self,
+        seed: int,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        order: list[str] | None = None,
+    ) -> list[Task]:
+        """Read, validate and (if sizes are given) subsample every task's train and test files."""
+        names = list(order or self.order)
+        unknown = [n for n in names if n not in self.order]
+        if unknown:
+            raise MmclError(
+                f"benchmark {self.name!r} has no task(s) {unknown}; its tasks are "
+                f"{list(self.order)}"
+            )
+        paths = self.resolve(names)
+        specs = {t.spec.name: t.spec for t in self.tasks}
+        tasks = []
+        for n in names:
+            split = {}
+            for s, size in (("train", train_size), ("test", test_size)):
+                # Existence only: decoding every image of a large training set would take minutes;
+                # an unreadable image still fails, naming its file, when it is first batched.
+                records = load_records(paths[n][s], check_media=False)
+                records = _subsample(records, size, derive_seed(seed, self.name, n, s))
+                _check_media_exist(records, paths[n][s])
+                split[s] = records
+            tasks.append(Task(specs[n], split["train"], split["test"]))
+        return tasks
+
+
+def _subsample(records: list[Record], size: int | None, seed: int) -> list[Record]:
+    """A seeded random subset of `size` records, in file order (all of them when size is None
+    or larger than the file)."""
+    if size is None or size >= len(records):
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), size))
+    return [records[i] for i in keep]
+
+
+def _check_media_exist(records: list[Record], path: Path) -> None:
+    problems = [
+        f"{path} record {r.id!r}: {m} file not found: {p}"
+        for r in records
+        for m, files in r.media.items()
+        for p in files
+        if not Path(p).is_file()
+    ]
+    if problems:
+        raise DataError(problems)
+
+
+# --- MLLM-CL (Zhao et al., 2025): the published layouts ------------------------------------------
+# Defaults are the paths the published scripts read (REFERENCES.md), then the released archive's.
+def _task(name, metric, description, train, test, modality="image") -> RealTask:
+    return RealTask(TaskSpec(name, modality, metric, description), tuple(train), tuple(test))
+
+
+MLLM_CL_DCL = RealBenchmark(
+    "mllm-cl-dcl",
+    "MLLM-CL domain CL (real data under data.root): RS -> Med -> AD -> Sci -> Fin",
+    (
+        _task(
+            "rs",
+            "lenient",
+            "remote sensing: satellite and aerial images",
+            ["RemoteSensing/train.json", "RS/train.json"],
+            ["RS/test.json"],
+        ),
+        _task(
+            "med",
+            "substring",
+            "medical: pathology and clinical images",
+            ["Medical/data/train.json", "Med/train.json"],
+            ["Med/test.json"],
+        ),
+        _task(
+            "ad",
+            "lenient",
+            "autonomous driving: scenes from a vehicle's six cameras",
+            ["AD/DriveLM/train.json", "AD/train.json"],
+            ["AD/test.json"],
+        ),
+        _task(
+            "sci",
+            "lenient",
+            "science: diagrams, maps and textbook figures",
+            ["Sci/train.json"],
+            ["Sci/test.json"],
+        ),
+        _task(
+            "fin",
+            "compact-exact",
+            "finance: stock and market charts",
+            ["Fin/train.json"],
+            ["Fin/test.json"],
+        ),
+    ),
+)
+
+# Ability CL: test sets are other benchmarks than the training data (non-IID). The published
+# math scorer asks GPT-4 to extract the answer; offline, mmcl scores math leniently.
+MLLM_CL_ACL = RealBenchmark(
+    "mllm-cl-acl",
+    "MLLM-CL ability CL (real data under data.root): OCR -> math -> perception -> GUI agent",
+    (
+        _task(
+            "ocr",
+            "substring",
+            "OCR: reading text in images",
+            ["OCR/train.json"],
+            ["OCR_test/test.json"],
+        ),
+        _task(
+            "math",
+            "lenient",
+            "math and logic: problems shown in figures",
+            ["math2/train.json", "Math/train.json"],
+            ["math_test/test.json", "Math_test/test.json"],
+        ),
+        _task(
+            "perception",
+            "substring",
+            "visual perception: counting objects",
+            ["tallyqa150k/ty_cl_sft.json", "VP/train.json"],
+            ["CV-Benchv2/test.json", "VP_test/test.json"],
+        ),
+        _task(
+            "gui",
+            "lenient",
+            "GUI agent: acting on mobile app screens",
+            ["App/train.json", "APP/train.json"],
+            ["APP_test/test.json"],
+        ),
+    ),
+)
+
+
+# --- generic streams from YAML -------------------------------------------------------------------
+class _StreamTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    train: str
+    test: str
+    modality: str = "image"
+    scorer: str = "lenient"
+    description: str = ""
+
+
+class _Stream(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    summary: str = ""
+    root: str | None = None
+    tasks: list[_StreamTask] = Field(min_length=1)
+    order: list[str] | None = None
+
+
+def load_stream(path: str | Path) -> RealBenchmark:
+    """A RealBenchmark from a stream YAML (see the module docstring)."""
+    from mmcl.config import validate_settings
+    from mmcl.metrics import CORPUS_SCORERS, SCORERS
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MmclError(f"{path}: stream file not found") from None
+    except yaml.YAMLError as e:
+        raise MmclError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise MmclError(f"{path}: a stream file must be a mapping with a `tasks` list")
+    stream = validate_settings(_Stream, raw, f"stream {path}")
+    problems = []
+    names = [t.name for t in stream.tasks]
+    if len(set(names)) != len(names):
+        problems.append(f"task names repeat: {names}")
+    for t in stream.tasks:
+        if t.modality not in MODALITIES:
+            problems.append(f"task {t.name}: modality {t.modality!r} is not one of {MODALITIES}")
+        if t.scorer not in SCORERS and t.scorer not in CORPUS_SCORERS:
+            known = sorted(SCORERS | CORPUS_SCORERS)
+            problems.append(f"task {t.name}: unknown scorer {t.scorer!r}; known: {known}")
+    order = stream.order or names
+    missing = [n for n in order if n not in names]
+    if missing:
+        problems.append(f"order names unknown task(s) {missing}; tasks are {names}")
+    if problems:
+        raise MmclError(f"{path}: invalid stream\n" + "\n".join(f"  - {p}" for p in problems))
+    by_name = {t.name: t for t in stream.tasks}
+    tasks = []
+    for n in order:
+        t = by_name[n]
+        tasks.append(_task(n, t.scorer, t.description or n, [t.train], [t.test], t.modality))
+    root = (path.parent / stream.root) if stream.root else path.parent
+    return RealBenchmark(
+        stream.name or path.stem,
+        stream.summary or f"stream from {path}",
+        tuple(tasks),
+        root=root,
+    )

@@ -1,0 +1,249 @@
+"""The multi-scenario stream of MSVQA (UNIFIER), procedurally: one look per scenario.
+
+Four scenarios share the object categories (the shapes of draw.py), the colours and the
+question types, and differ in how the scene looks:
+- high_altitude: top-down over tarmac, many small objects with tiny shadows;
+- underwater: blue-green cast, haze and caustic light patterns over a gradient;
+- low_altitude: an oblique view with sky, horizon and road; objects grow towards the camera;
+- indoor: a room (wall, wooden floor, a table), larger objects, lamp lighting.
+
+Objects sit in the cells of the 4 x 4 grid of 16 px cells (one object per cell, of a size that
+varies with the scenario), which is what the embedded model's vision encoder was pretrained on.
+Question types (record meta "qtype"): existence (yes/no), counting (a number), category (a
+shape), colour, position ("row two column three") and grounding. A grounding answer lists the
+boxes of every matching object (one or two) as text in grid-cell units, x = column and
+y = row, corners on cell boundaries: the object in row r, column c is "[c,r,c+1,r+1]"
+(multiply by 16 for pixels); see metrics.format_boxes / parse_boxes.
+
+A task is one visit of a scenario with all question types; revisits are separate tasks named
+`<scenario>_<n>` (n >= 2) whose samples come from their own random streams (fresh data).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mmcl.data.synth import Sample, SynthTask
+from mmcl.data.synth.ability import GRID, _pick
+from mmcl.data.synth.draw import COLOURS, SHAPES, add_noise, draw_shape, position_name
+from mmcl.metrics import format_boxes
+
+OBJECT_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+QTYPES = ("existence", "counting", "category", "colour", "position", "grounding")
+_QTYPE_P = (0.15, 0.2, 0.15, 0.15, 0.15, 0.2)
+VISITS = 5  # scenario-20: four scenarios x five visits
+
+Obj = tuple[int, int, str, str]  # row, column, shape, colour
+
+
+def _arr(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float32)
+
+
+def _img(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _coords() -> tuple[np.ndarray, np.ndarray]:
+    return np.mgrid[0 : GRID.size, 0 : GRID.size].astype(np.float32)  # (y, x)
+
+
+def _place(rng: np.random.Generator, cells: list[tuple[int, int]], n: int) -> list[Obj]:
+    """`n` objects in distinct cells; few colours per scene so that counts above 1 are common."""
+    colours = _pick(rng, list(OBJECT_COLOURS), 3)
+    return [(r, c, _pick(rng, SHAPES), _pick(rng, colours)) for r, c in _pick(rng, cells, n)]
+
+
+# --- the four looks -----------------------------------------------------------------------------
+def _high_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+    base = rng.integers(105, 150)
+    arr = np.full((GRID.size, GRID.size, 3), base, dtype=np.float32)
+    for r, c in GRID.cells():  # tarmac patches of slightly different tone per cell
+        tone = rng.normal(0, 10) + np.array([0, 2, -3])
+        arr[r * GRID.cell : (r + 1) * GRID.cell, c * GRID.cell : (c + 1) * GRID.cell] += tone
+    arr += rng.normal(0, 7, size=arr.shape[:2])[..., None]  # texture
+    img = _img(arr)
+    d = ImageDraw.Draw(img)
+    for k in range(1, GRID.n):  # taxiway markings run along cell boundaries
+        if rng.random() < 0.4:
+            y = k * GRID.cell - 1
+            for x in range(0, GRID.size, 6):
+                d.line((x, y, x + 2, y), fill=(225, 225, 200))
+    objs = _place(rng, GRID.cells(), int(rng.integers(6, 12)))
+    for r, c, shape, colour in objs:
+        pad = int(rng.integers(4, 6))  # small: 6-8 px seen from far above
+        x0, y0, x1, y1 = GRID.box(r, c, pad=pad)
+        draw_shape(d, shape, (x0 + 1, y0 + 1, x1 + 1, y1 + 1), (45, 45, 45))  # shadow
+        draw_shape(d, shape, (x0, y0, x1, y1), COLOURS[colour])
+    return add_noise(img, rng, 5.0), objs
+
+
+def _underwater(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+    y, x = _coords()
+    top, bottom = np.array([45, 160, 175]), np.array([10, 55, 90])
+    t = (y / (GRID.size - 1))[..., None]
+    img = _img(top * (1 - t) + bottom * t + rng.normal(0, 4, size=(GRID.size, GRID.size, 1)))
+    d = ImageDraw.Draw(img)
+    objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)))
+    for r, c, shape, colour in objs:
+        draw_shape(d, shape, GRID.box(r, c, pad=int(rng.integers(2, 4))), COLOURS[colour])
+    arr = _arr(img)
+    cast = float(rng.uniform(0.2, 0.35))  # water absorbs red: everything turns blue-green
+    arr = arr * (1 - cast) + np.array([0, 120, 140]) * cast
+    haze = float(rng.uniform(0.1, 0.25)) * (0.5 + 0.5 * (1 - y / GRID.size))[..., None]
+    arr = arr * (1 - haze) + np.array([110, 180, 190]) * haze
+    f1, f2, ph = rng.uniform(0.25, 0.45), rng.uniform(0.25, 0.45), rng.uniform(0, 2 * np.pi)
+    caustics = np.maximum(0, np.sin(x * f1 + np.sin(y * 0.2) * 2 + ph) * np.sin(y * f2 - ph))
+    arr += float(rng.uniform(25, 45)) * (caustics**3)[..., None]
+    return add_noise(_img(arr), rng, 5.0), objs
+
+
+def _low_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+    y, x = _coords()
+    horizon = GRID.cell  # the top row is sky
+    sky = np.array([150, 195, 240]) + (y / horizon)[..., None] * np.array([45, 30, 8])
+    far, near = np.array([150, 165, 120]), np.array([70, 120, 50])
+    t = np.clip((y - horizon) / (GRID.size - horizon), 0, 1)[..., None]
+    ground = far * (1 - t) + near * t
+    arr = np.where((y < horizon)[..., None], sky, ground)
+    img = _img(arr + rng.normal(0, 4, size=(GRID.size, GRID.size, 1)))
+    d = ImageDraw.Draw(img)
+    vx = float(rng.uniform(16, 48))  # a road converging to a vanishing point on the horizon
+    d.polygon(
+        [(vx - 2, horizon), (vx + 2, horizon), (vx + 22, GRID.size), (vx - 22, GRID.size)],
+        fill=(120, 118, 110),
+    )
+    cells = [(r, c) for r, c in GRID.cells() if r > 0]
+    objs = _place(rng, cells, int(rng.integers(2, 7)))
+    for r, c, shape, colour in objs:
+        pad = {1: 4, 2: 2, 3: int(rng.integers(0, 2))}[r]  # perspective: nearer is larger
+        x0, y0, x1, y1 = GRID.box(r, c, pad=pad)
+        d.ellipse((x0, y1 - 2, x1 + 2, y1 + 1), fill=(40, 55, 30))  # shadow on the ground
+        draw_shape(d, shape, (x0, y0, x1, y1), COLOURS[colour])
+    return add_noise(img, rng, 4.0), objs
+
+
+def _indoor(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+    y, x = _coords()
+    wall = np.array(_pick(rng, [(225, 210, 180), (200, 220, 200), (200, 210, 230)]), np.float32)
+    wall_tex = wall + 6 * np.sign(np.sin(x * 1.6))[..., None]  # wallpaper stripes
+    floor = np.array([150, 105, 65]) + 18 * ((y.astype(int) % 5) == 0)[..., None] * -1
+    arr = np.where((y < 2 * GRID.cell)[..., None], wall_tex, floor)
+    img = _img(arr)
+    d = ImageDraw.Draw(img)
+    d.line((0, 2 * GRID.cell, GRID.size, 2 * GRID.cell), fill=(90, 60, 40), width=2)  # skirting
+    tx = int(rng.integers(0, 3)) * GRID.cell  # a table straddling a row boundary
+    table = (tx + 4, 3 * GRID.cell - 2, tx + 2 * GRID.cell + 10, 3 * GRID.cell)
+    d.rectangle(table, fill=(95, 60, 35))
+    objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)))
+    for r, c, shape, colour in objs:
+        draw_shape(d, shape, GRID.box(r, c, pad=int(rng.integers(1, 3))), COLOURS[colour])
+    arr = _arr(img)
+    ly, lx = _pick(rng, [(0, 0), (0, GRID.size), (GRID.size / 2, 0), (GRID.size / 2, GRID.size)])
+    dist = np.hypot(y - ly, x - lx) / (GRID.size * 1.4)
+    light = float(rng.uniform(1.05, 1.2)) - float(rng.uniform(0.3, 0.45)) * dist
+    arr = arr * light[..., None] + np.array([14, 8, -8])  # a warm lamp in one corner
+    return add_noise(_img(arr), rng, 4.0), objs
+
+
+SCENARIOS = {
+    "high_altitude": (_high_altitude, "top-down aerial views of many small objects"),
+    "underwater": (_underwater, "underwater scenes with a blue-green cast, haze and caustics"),
+    "low_altitude": (_low_altitude, "oblique low-altitude views with sky, road and larger objects"),
+    "indoor": (_indoor, "indoor rooms with furniture and lamp lighting"),
+}
+
+
+# --- questions ----------------------------------------------------------------------------------
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[str, str] | None:
+    """(question, answer) of a type about the scene, or None if the scene cannot ask it."""
+    kinds = [(s, c) for _, _, s, c in objs]
+    if qtype == "existence":
+        if rng.random() < 0.5:
+            shape, colour = _pick(rng, kinds)
+        else:
+            absent = [(s, c) for s in SHAPES for c in OBJECT_COLOURS if (s, c) not in kinds]
+            shape, colour = _pick(rng, absent)
+        article = "an" if colour[0] in "aeiou" else "a"
+        answer = "yes" if (shape, colour) in kinds else "no"
+        return f"does {article} {colour} {shape} exist in the scene?", answer
+    if qtype == "counting":
+        if rng.random() < 0.5:
+            shape = _pick(rng, [s for s, _ in kinds])
+            n = sum(s == shape for s, _ in kinds)
+            return f"how many {_plural(shape)} are there?", str(n)
+        colour = _pick(rng, [c for _, c in kinds])
+        return f"how many {colour} objects are there?", str(sum(c == colour for _, c in kinds))
+    r, c, shape, colour = objs[int(rng.integers(0, len(objs)))]
+    if qtype == "category":
+        return f"what category is the object at {position_name(r, c)}?", shape
+    if qtype == "colour":
+        return f"what colour is the object at {position_name(r, c)}?", colour
+    if qtype == "position":
+        if kinds.count((shape, colour)) > 1:
+            return None
+        return f"where is the {colour} {shape}?", position_name(r, c)
+    # grounding: every object of a shape, or of a colour and shape; one or two of them
+    queries = [(s, None) for s in {s for s, _ in kinds}] + [(s, c) for s, c in set(kinds)]
+    queries = [q for q in sorted(queries, key=str) if 1 <= sum(_matches(o, *q) for o in objs) <= 2]
+    if not queries:
+        return None
+    shape, colour = _pick(rng, queries)
+    boxes = [(o[1], o[0], o[1] + 1, o[0] + 1) for o in sorted(objs) if _matches(o, shape, colour)]
+    target = f"{colour} {_plural(shape)}" if colour else _plural(shape)
+    return f"locate all {target}. answer with bounding boxes.", format_boxes(boxes)
+
+
+def _matches(obj: Obj, shape: str, colour: str | None) -> bool:
+    return obj[2] == shape and (colour is None or obj[3] == colour)
+
+
+def scenario_maker(scenario: str):
+    """The sample maker of one scenario (every question type)."""
+    look, _ = SCENARIOS[scenario]
+
+    def make(rng: np.random.Generator, split: str) -> Sample:
+        qtype = QTYPES[int(rng.choice(len(QTYPES), p=_QTYPE_P))]
+        while True:  # draw scenes until one can ask this type: keeps the mix of types as set
+            img, objs = look(rng)
+            q = _question(rng, objs, qtype)
+            if q is not None:
+                meta = {"scenario": scenario, "qtype": qtype}
+                return Sample(q[0], [q[1]], [img], meta=meta)
+
+    return make
+
+
+def task_name(scenario: str, visit: int) -> str:
+    """`underwater` for the first visit, `underwater_2`, ... for the revisits."""
+    return scenario if visit == 1 else f"{scenario}_{visit}"
+
+
+TASKS = {
+    task_name(s, v): SynthTask(
+        task_name(s, v),
+        "image",
+        "msvqa",
+        desc if v == 1 else f"{desc}, visit {v}",
+        scenario_maker(s),
+    )
+    for v in range(1, VISITS + 1)
+    for s, (_, desc) in SCENARIOS.items()
+}
+# The protocols: five steps (the four scenarios, then the first revisited), and twenty steps
+# (the four scenarios visited five times, each visit with fresh data).
+ORDER_5 = (*SCENARIOS, task_name("high_altitude", 2))
+ORDER_20 = tuple(task_name(s, v) for v in range(1, VISITS + 1) for s in SCENARIOS)
+
+
+def scenario_of(task: str) -> str:
+    """The scenario a task visits: its name without a revisit suffix (`underwater_2` ->
+    `underwater`). Methods use it at training time only (a branch per scenario)."""
+    return re.sub(r"_\d+$", "", task)

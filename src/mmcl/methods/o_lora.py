@@ -1,0 +1,118 @@
+"""o-lora: Orthogonal Subspace Learning (Wang et al., 2023).
+
+Each task gets a new LoRA; the earlier ones are frozen and stay active (peft sums the outputs
+of all active adapters), so inference needs no task identity. While a task trains, its LoRA's
+A matrices (the subspace it writes from) are pushed orthogonal to those of all earlier LoRAs
+in the same layer:  orth_weight · sum_layers sum |A_prev A_cur^T|, plus optionally
+l2_weight · sum of the L2 norms of the current LoRA's matrices (both as in the paper's code).
+The loss runs on stacked tensors: layers whose A matrices have the same width are stacked and
+multiplied in one batched matmul; the earlier A's are stacked once per task.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from mmcl.data.benchmarks import Task
+from mmcl.methods import register
+from mmcl.methods.base import Method
+from mmcl.methods.lora_ft import LoraOptions
+from mmcl.models.base import Batch, Outputs
+
+
+class OLoraOptions(LoraOptions):
+    orth_weight: float = Field(0.5, ge=0, description="lambda_1: weight of the orthogonality loss")
+    l2_weight: float = Field(0.0, ge=0, description="lambda_2: weight of the new LoRA's L2 norm")
+
+
+def orthogonality_loss(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """sum |previous @ current^T| over a stack of layers: previous (L, R, d), current (L, r, d).
+
+    Zero exactly when every row of `current` is orthogonal to every row of `previous` in the
+    same layer."""
+    return torch.bmm(previous, current.transpose(1, 2)).abs().sum()
+
+
+@register
+class OLora(Method):
+    name = "o-lora"
+    summary = "a new LoRA per task, earlier ones frozen but active; new A orthogonal to old A's"
+    Options = OLoraOptions
+
+    def __init__(self, backbone, options, tasks, seed):
+        super().__init__(backbone, options, tasks, seed)
+        self.adapters: list[str] = []  # one per task trained or in training, in order
+        # Per A-matrix width: (earlier A's stacked (L, R, d), the current A parameters).
+        self._groups: list[tuple[torch.Tensor, list[nn.Parameter]]] = []
+        self.orth_at_end: list[float] = []  # unweighted loss when each task ends (diagnostic)
+
+    def _activate(self) -> None:
+        self.backbone.use_adapters(list(self.adapters))
+
+    def _lora_layers(self) -> list[nn.Module]:
+        cur = self.adapters[-1]
+        return [
+            m
+            for m in self.backbone.core.modules()
+            if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and cur in m.lora_A
+        ]
+
+    def _stack_groups(self) -> None:
+        """Stack, per layer, the earlier LoRAs' A matrices; group layers by their width."""
+        *prev, cur = self.adapters
+        groups: dict[int, tuple[list[torch.Tensor], list[nn.Parameter]]] = {}
+        if prev:
+            for m in self._lora_layers():
+                a = m.lora_A[cur].weight
+                old = torch.cat([m.lora_A[n].weight.detach() for n in prev], dim=0)
+                olds, curs = groups.setdefault(a.shape[1], ([], []))
+                olds.append(old)
+                curs.append(a)
+        self._groups = [(torch.stack(olds), curs) for olds, curs in groups.values()]
+
+    def before_task(self, task: Task, step: int) -> None:
+        name = f"task{step}"
+        self.backbone.add_lora(name, self.opts.lora)
+        self.adapters.append(name)
+        self._activate()
+        self.backbone.set_trainable(self.backbone.adapter_parameters(name))
+        self._stack_groups()
+
+    def orthogonality(self) -> torch.Tensor:
+        """The orthogonality loss of the current LoRA against the earlier ones (unweighted)."""
+        terms = [orthogonality_loss(old, torch.stack(cur)) for old, cur in self._groups]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        out = {}
+        if self._groups and self.opts.orth_weight > 0:
+            out["orth"] = self.opts.orth_weight * self.orthogonality()
+        if self.opts.l2_weight > 0:
+            params = self.backbone.adapter_parameters(self.adapters[-1]).values()
+            out["l2"] = self.opts.l2_weight * torch.stack([p.norm() for p in params]).sum()
+        return out
+
+    def after_task(self, task: Task, step: int) -> None:
+        with torch.no_grad():
+            self.orth_at_end.append(round(float(self.orthogonality()), 6))
+        self.backbone.set_trainable({})  # this task's LoRA is frozen from now on
+        self._groups = []
+
+    def report(self) -> dict:
+        return {"adapters": len(self.adapters), "orthogonality_at_task_end": self.orth_at_end}
+
+    # --- resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"adapters": list(self.adapters), "orth_at_end": list(self.orth_at_end)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Re-add every LoRA of the tasks done (their weights load afterwards), all frozen."""
+        self.adapters = list(state.get("adapters") or [])
+        self.orth_at_end = list(state.get("orth_at_end") or [])
+        for name in self.adapters:
+            self.backbone.add_lora(name, self.opts.lora)
+        if self.adapters:
+            self._activate()
+            self.backbone.set_trainable({})
