@@ -1,18 +1,24 @@
 """ewc: Elastic Weight Consolidation (Kirkpatrick et al., 2017), online form (Schwarz et al.,
 2018), on the trainable parameters — the LoRA of lora-ft.
 
-After each task, the diagonal of the empirical Fisher information of the trainable
-parameters is estimated from per-sample gradients of the answer loss on some of the task's
-training samples, and accumulated with decay gamma: F <- gamma F + F_task; the parameters at
-that point are the anchor. While later tasks train, the loss gains
+After each task, the diagonal of the Fisher information of the trainable parameters is
+estimated from per-sample squared gradients on some of the task's training samples, and
+accumulated with decay gamma: F <- gamma F + F_task; the parameters at that point are the
+anchor. By default (`fisher: model`, as in Kirkpatrick et al.) the gradients are those of the
+log-likelihood of answer tokens sampled from the model's own predictive distribution (inputs
+teacher-forced with the reference answer); `fisher: empirical` uses the reference tokens, which
+is cheaper to explain but vanishes on samples the model already fits — precisely the ones a
+converged task consists of. While later tasks train, the loss gains
 (weight / 2) · sum F (theta - anchor)^2. Fisher and anchor are saved for resume.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from mmcl.data.benchmarks import Task
@@ -24,11 +30,14 @@ from mmcl.models.base import Batch, Outputs
 
 
 class EwcOptions(LoraOptions):
+    fisher: Literal["model", "empirical"] = Field(
+        "model", description="labels of the Fisher: sampled from the model, or the references"
+    )
     weight: float = Field(1000.0, ge=0, description="lambda: weight of the quadratic penalty")
     gamma: float = Field(1.0, ge=0, le=1, description="decay of the older tasks' Fisher")
     fisher_samples: int = Field(128, ge=1, description="training samples per Fisher estimate")
     fisher_batch_size: int = Field(
-        1, ge=1, description="samples per gradient (1: per-sample, the empirical Fisher)"
+        1, ge=1, description="samples per gradient (1: per-sample; more underestimates F)"
     )
 
 
@@ -40,6 +49,14 @@ def ewc_penalty(
     """sum over parameters of F · (theta - anchor)^2 (without the weight / 2)."""
     terms = [(fisher[n] * (p - anchor[n]).pow(2)).sum() for n, p in params.items()]
     return torch.stack(terms).sum()
+
+
+def _sampled_nll(out: Outputs, gen: torch.Generator) -> torch.Tensor:
+    """Mean NLL of answer tokens drawn from the model's own next-token distributions."""
+    logits = out.logits[:, :-1][out.answer_mask].float()
+    with torch.no_grad():
+        labels = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=gen).squeeze(-1)
+    return F.cross_entropy(logits, labels)
 
 
 def _key(name: str) -> str:
@@ -70,10 +87,14 @@ class Ewc(LoraFT):
         return {"ewc": self.penalty()}
 
     def estimate_fisher(self, task: Task) -> dict[str, torch.Tensor]:
-        """Diagonal empirical Fisher: mean over samples of the squared answer-loss gradient."""
+        """Diagonal Fisher: mean over samples of the squared gradient of the answer tokens'
+        log-likelihood (labels sampled from the model, or the references: `fisher`)."""
         params = self.params()
-        rng = random.Random(derive_seed(self.seed, "ewc-fisher", task.name))
-        records = rng.sample(task.train, min(self.opts.fisher_samples, len(task.train)))
+        seed = derive_seed(self.seed, "ewc-fisher", task.name)
+        records = random.Random(seed).sample(
+            task.train, min(self.opts.fisher_samples, len(task.train))
+        )
+        gen = torch.Generator(self.backbone.device).manual_seed(seed)
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
         model = self.backbone.model
         was_training = model.training
@@ -82,7 +103,8 @@ class Ewc(LoraFT):
         try:
             for start in range(0, len(records), bs):
                 batch = self.backbone.collate(records[start : start + bs], train=True)
-                loss = self.backbone.forward(batch.to(self.backbone.device)).loss
+                out = self.backbone.forward(batch.to(self.backbone.device))
+                loss = out.loss if self.opts.fisher == "empirical" else _sampled_nll(out, gen)
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                 for (n, _), g in zip(params.items(), grads, strict=True):
                     if g is not None:

@@ -1,0 +1,157 @@
+"""MR-LoRA: micro end-to-end runs with both routers, frozen experts, mixed-adapter batches equal
+per-sample inference, routing fallback, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmcl.config import load_config
+from mmcl.data.benchmarks import get_benchmark
+from mmcl.errors import MmclError
+from mmcl.methods import make_method
+from mmcl.methods.mr_lora import MrLora
+from mmcl.models.base import LoraSpec
+from mmcl.models.tiny import pretrained_backbone
+from mmcl.runner import Run
+
+# Small router settings keep the micro runs fast; the mechanism is the same.
+FAST = {"method.router_samples": 8, "method.router_train": {"epochs": 2, "batch_size": 8}}
+
+
+def _run(out, micro_overrides, router, resume=False):
+    overrides = {**micro_overrides, **FAST, "method.name": "mr-lora", "method.router": router}
+    return Run(load_config(None, overrides), out).execute(resume=resume)
+
+
+@pytest.fixture
+def micro_stream():
+    return get_benchmark("ability").load(0, 16, 6, ["ocr", "gui"])
+
+
+@pytest.mark.parametrize("router", ["mllm", "prototype"])
+def test_micro_run_routes_every_sample_and_keeps_experts_frozen(
+    tmp_path, micro_overrides, router, monkeypatch
+):
+    seen: dict = {}
+    real_after = MrLora.after_task
+
+    def spy(self, task, step):  # snapshot the first expert right after each step
+        real_after(self, task, step)
+        seen["method"] = self
+        seen[step] = {k: p.detach().clone() for k, p in self.backbone.adapter_parameters("ocr").items()}
+
+    monkeypatch.setattr(MrLora, "after_task", spy)
+    res = _run(tmp_path / router, micro_overrides, router)
+
+    routing = res["routing"]
+    assert routing["router"] == router and len(routing["accuracy"]) == 2
+    assert all(0 <= a <= 100 for a in routing["accuracy"])
+    assert routing["router_samples"] == 16  # 8 record ids per seen task
+    assert routing["routed"] == 24 and 0 <= routing["fallbacks"] <= 24  # every test sample
+    if router == "prototype":
+        assert routing["fallbacks_per_step"] == [0, 0]
+    cost = routing["cost"]
+    assert cost["probe_samples"] == 16
+    assert cost["single_adapter_samples_per_s"] > 0 and cost["routed_samples_per_s"] > 0
+    assert res["counts"]["gui"] == {"scored": 12, "total": 12}
+    rows = (tmp_path / router / "predictions" / "step1" / "ocr.jsonl").read_text().splitlines()
+    assert all(json.loads(r)["route"] in ("ocr", "gui") for r in rows)
+
+    # the ocr expert trained in step 0, then never changed; nothing stays trainable
+    method = seen["method"]
+    final = method.backbone.adapter_parameters("ocr")
+    assert any(p.abs().sum() > 0 for k, p in final.items() if "lora_B" in k)
+    assert all(torch.equal(final[k], seen[0][k]) for k in final)
+    assert not method.backbone.trainable_parameters()
+    assert set(method.backbone.adapters) == {"ocr", "gui"} | ({"router"} if router == "mllm" else set())
+
+
+def test_kill_and_resume_restores_experts_router_and_samples(tmp_path, micro_overrides, monkeypatch):
+    full = _run(tmp_path / "full", micro_overrides, "mllm")
+    real = Run._save
+
+    def crash_after_first_step(self, step, *args):
+        real(self, step, *args)
+        if step == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "_save", crash_after_first_step)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "killed", micro_overrides, "mllm")
+    monkeypatch.setattr(Run, "_save", real)
+    resumed = _run(tmp_path / "killed", micro_overrides, "mllm", resume=True)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    for key in ("accuracy", "per_step", "fallbacks_per_step", "router_samples"):
+        assert resumed["routing"][key] == full["routing"][key], key
+
+
+def test_mixed_adapter_batch_equals_per_sample_inference(micro_stream):
+    backbone = pretrained_backbone("micro")
+    names = ["e0", "e1", "e2"]
+    torch.manual_seed(0)
+    for name in names:
+        backbone.add_lora(name, LoraSpec(r=4))
+    with torch.no_grad():  # fresh LoRA B is zero: give every adapter its own effect
+        for name in names:
+            for key, p in backbone.adapter_parameters(name).items():
+                if "lora_B" in key:
+                    p.normal_(0, 0.3)
+    backbone.use_adapters(names[0])
+    records = [r for t in micro_stream for r in t.test]
+    routes = [(names + ["__base__"])[k % 4] for k in range(len(records))]
+    batch = backbone.collate(records, train=False)
+    backbone.model.eval()
+    with torch.no_grad():
+        mixed_logits = backbone.forward(batch, adapter_names=routes).logits
+    mixed = backbone.generate(batch, adapter_names=routes, max_new_tokens=6)
+    single, per_adapter = [], set()
+    for k, (rec, name) in enumerate(zip(records, routes, strict=True)):
+        one = backbone.collate([rec], train=False)
+        backbone.use_adapters(None if name == "__base__" else name)
+        with torch.no_grad():
+            logits = backbone.forward(one).logits[0]
+        width = logits.shape[0]  # left padding: the sample's tokens are the batch row's last
+        torch.testing.assert_close(mixed_logits[k, -width:], logits, atol=1e-4, rtol=1e-4)
+        single.append(backbone.generate(one, max_new_tokens=6)[0])
+        if k == 0:  # the adapters really differ on the same sample
+            for other in names:
+                backbone.use_adapters(other)
+                per_adapter.add(backbone.generate(one, max_new_tokens=6)[0])
+    assert mixed == single
+    assert len(per_adapter) > 1
+
+
+def test_routing_fallback_is_counted_and_deterministic(micro_stream, monkeypatch):
+    backbone = pretrained_backbone("micro")
+    options = {"router_samples": 6, "router_train": {"epochs": 1, "batch_size": 6}}
+    method = make_method("mr-lora", options, backbone, [t.spec for t in micro_stream], 0)
+    monkeypatch.setattr(MrLora, "measure_cost", lambda self, records: {})
+    method.setup()
+    for step, task in enumerate(micro_stream):
+        method.before_task(task, step)  # experts stay untrained: only routing is under test
+        method.after_task(task, step)
+    prompt = method.routing_prompt(micro_stream[1].test[0])
+    assert prompt.count("<image>") == 1 and "A. " in prompt and "B. " in prompt
+    assert micro_stream[0].spec.description in prompt
+    assert method.parse_route("B.") == "gui" and method.parse_route("A") == "ocr"
+    assert method.parse_route("C") is None and method.parse_route("") is None
+
+    batch = backbone.collate(micro_stream[1].test[:3], train=False)
+    outputs = ["the gui", "Z", "B."]  # names no expert, names an unknown one, names gui
+    monkeypatch.setattr(method, "router_texts", lambda records: outputs[: len(records)])
+    routes = method.predict(batch)
+    expected = method.most_likely_expert(batch.records[:2])
+    assert routes == [*expected, "gui"] and set(expected) <= {"ocr", "gui"}
+    assert method.most_likely_expert(batch.records[:2]) == expected  # deterministic
+    assert method.report()["routing"]["fallbacks"] == 2
+    assert method.report()["routing"]["routed"] == 3
+
+
+def test_task_names_that_clash_with_the_router_are_refused(micro_stream):
+    spec = micro_stream[0].spec
+    clash = type(spec)("router", spec.modality, spec.metric, spec.description)
+    with pytest.raises(MmclError, match="router"):
+        make_method("mr-lora", {}, pretrained_backbone("micro"), [clash], 0)
