@@ -20,7 +20,6 @@ from mmcl.data.records import MODALITIES, Record
 from mmcl.errors import MmclError
 from mmcl.models.base import IGNORE, Backbone, Batch, lm_linear_regex
 
-
 _PLACEHOLDER_RE = re.compile("|".join(f"<{m}>" for m in MODALITIES))
 
 
