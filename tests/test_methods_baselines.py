@@ -201,8 +201,14 @@ def test_o_lora_kill_and_resume_gives_the_same_matrix(tmp_path, micro_overrides,
     monkeypatch.setattr(Run, "_save", real)
     resumed = run(tmp_path / "killed", resume=True)
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-    assert resumed["method_info"] == full["method_info"]
+    assert resumed["method_info"] == full["method_info"]  # holds the weights' orthogonality
     assert resumed["method_info"]["adapters"] == 2
+    for task in ("ocr", "gui"):
+        rows = [
+            (tmp_path / d / "predictions" / "step1" / f"{task}.jsonl").read_text()
+            for d in ("full", "killed")
+        ]
+        assert rows[0] == rows[1]
 
 
 # --- replay ---------------------------------------------------------------------------------

@@ -102,13 +102,15 @@ class MrLora(Method):
         return LETTERS[[t.name for t in self.tasks].index(task)]
 
     def routing_prompt(self, rec: Record) -> str:
-        """The record's media and question, the seen experts (letter + description), the ask."""
+        """The seen experts (letter + description), the ask, then the record's question and
+        media: next to the answer, where a small LM attends best (measured: the router learns
+        in far fewer steps than with the question first and the long expert list after it)."""
         question = _PLACEHOLDERS.sub("", rec.prompt).strip()
         desc = {t.name: t.description for t in self.tasks}
         experts = " ".join(f"{self.letter(n)}. {desc[n]}" for n in self.experts)
         return (
-            f"{_media_placeholders(rec)}\n{question}\nexperts: {experts}\n"
-            "which expert should answer? answer with its letter."
+            f"experts: {experts}\nwhich expert should answer this question? answer with its "
+            f"letter.\n{_media_placeholders(rec)}\n{question}"
         )
 
     def routing_record(self, rec: Record, answer: str = "") -> Record:
