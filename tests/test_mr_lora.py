@@ -31,21 +31,22 @@ def micro_stream():
     return get_benchmark("ability").load(0, 16, 6, ["ocr", "gui"])
 
 
-@pytest.mark.parametrize("router", ["mllm", "prototype"])
-def test_micro_run_routes_every_sample_and_keeps_experts_frozen(
-    tmp_path, micro_overrides, router, monkeypatch
-):
+def _spy_on_experts(monkeypatch) -> dict:
+    """Snapshot the first expert ("ocr") right after every step; keep the method object."""
     seen: dict = {}
     real_after = MrLora.after_task
 
-    def spy(self, task, step):  # snapshot the first expert right after each step
+    def spy(self, task, step):
         real_after(self, task, step)
         seen["method"] = self
-        seen[step] = {k: p.detach().clone() for k, p in self.backbone.adapter_parameters("ocr").items()}
+        ocr = self.backbone.adapter_parameters("ocr")
+        seen[step] = {k: p.detach().clone() for k, p in ocr.items()}
 
     monkeypatch.setattr(MrLora, "after_task", spy)
-    res = _run(tmp_path / router, micro_overrides, router)
+    return seen
 
+
+def _check_run(res: dict, out, router: str, seen: dict) -> None:
     routing = res["routing"]
     assert routing["router"] == router and len(routing["accuracy"]) == 2
     assert all(0 <= a <= 100 for a in routing["accuracy"])
@@ -57,7 +58,7 @@ def test_micro_run_routes_every_sample_and_keeps_experts_frozen(
     assert cost["probe_samples"] == 16
     assert cost["single_adapter_samples_per_s"] > 0 and cost["routed_samples_per_s"] > 0
     assert res["counts"]["gui"] == {"scored": 12, "total": 12}
-    rows = (tmp_path / router / "predictions" / "step1" / "ocr.jsonl").read_text().splitlines()
+    rows = (out / "predictions" / "step1" / "ocr.jsonl").read_text().splitlines()
     assert all(json.loads(r)["route"] in ("ocr", "gui") for r in rows)
 
     # the ocr expert trained in step 0, then never changed; nothing stays trainable
@@ -66,11 +67,22 @@ def test_micro_run_routes_every_sample_and_keeps_experts_frozen(
     assert any(p.abs().sum() > 0 for k, p in final.items() if "lora_B" in k)
     assert all(torch.equal(final[k], seen[0][k]) for k in final)
     assert not method.backbone.trainable_parameters()
-    assert set(method.backbone.adapters) == {"ocr", "gui"} | ({"router"} if router == "mllm" else set())
+    experts = {"ocr", "gui"}
+    assert set(method.backbone.adapters) == experts | ({"router"} if router == "mllm" else set())
 
 
-def test_kill_and_resume_restores_experts_router_and_samples(tmp_path, micro_overrides, monkeypatch):
+def test_micro_run_with_the_prototype_router(tmp_path, micro_overrides, monkeypatch):
+    seen = _spy_on_experts(monkeypatch)
+    res = _run(tmp_path / "proto", micro_overrides, "prototype")
+    _check_run(res, tmp_path / "proto", "prototype", seen)
+
+
+def test_micro_run_with_the_mllm_router_and_kill_resume(tmp_path, micro_overrides, monkeypatch):
+    """A full run (checked like the prototype one), then a run killed after step 0 and resumed:
+    experts, router weights, routing samples and counters come back, so the results match."""
+    seen = _spy_on_experts(monkeypatch)
     full = _run(tmp_path / "full", micro_overrides, "mllm")
+    _check_run(full, tmp_path / "full", "mllm", seen)
     real = Run._save
 
     def crash_after_first_step(self, step, *args):
@@ -155,3 +167,25 @@ def test_task_names_that_clash_with_the_router_are_refused(micro_stream):
     clash = type(spec)("router", spec.modality, spec.metric, spec.description)
     with pytest.raises(MmclError, match="router"):
         make_method("mr-lora", {}, pretrained_backbone("micro"), [clash], 0)
+
+
+def test_prototype_router_state_survives_a_checkpoint(micro_stream, monkeypatch):
+    from mmcl.runner import _flatten, _unflatten
+
+    monkeypatch.setattr(MrLora, "measure_cost", lambda self, records: {})
+    specs = [t.spec for t in micro_stream]
+    method = make_method("mr-lora", {"router": "prototype"}, pretrained_backbone("micro"), specs, 0)
+    for step, task in enumerate(micro_stream):
+        method.before_task(task, step)
+        method.after_task(task, step)
+    records = [r for t in micro_stream for r in t.test]
+    routes, fallbacks = method.route(records)
+    assert fallbacks == 0 and set(routes) <= {"ocr", "gui"}
+
+    tensors, rest = _flatten(method.state_dict())
+    again = make_method("mr-lora", {"router": "prototype"}, pretrained_backbone("micro"), specs, 0)
+    again.load_state_dict(_unflatten(tensors, rest))
+    again.restore_tasks(micro_stream)
+    assert again.experts == ["ocr", "gui"] and set(again.backbone.adapters) == {"ocr", "gui"}
+    assert again.sample_ids == method.sample_ids and again.samples == method.samples
+    assert again.route(records) == (routes, 0)

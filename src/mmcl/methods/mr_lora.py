@@ -216,7 +216,8 @@ class MrLora(Method):
         routes = [self.parse_route(t) for t in self.router_texts(records)]
         failed = [k for k, r in enumerate(routes) if r is None]
         if failed:
-            for k, name in zip(failed, self.most_likely_expert([records[k] for k in failed])):
+            likely = self.most_likely_expert([records[k] for k in failed])
+            for k, name in zip(failed, likely, strict=True):
                 routes[k] = name
         return routes, len(failed)
 
