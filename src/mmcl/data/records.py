@@ -76,6 +76,20 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+@register_media_check("audio")
+def check_audio(path: Path) -> str | None:
+    from mmcl.data.media import audio_problem
+
+    return audio_problem(path)
+
+
+@register_media_check("video")
+def check_video(path: Path) -> str | None:
+    from mmcl.data.media import video_problem
+
+    return video_problem(path)
+
+
 def _as_list(value: Any) -> list | None:
     if value is None:
         return []

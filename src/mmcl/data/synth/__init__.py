@@ -28,7 +28,7 @@ class Sample:
     question: str
     answers: list[str]
     images: list[Image.Image] = field(default_factory=list)
-    audios: list[np.ndarray] = field(default_factory=list)  # mono float32 at AUDIO_RATE
+    audios: list[np.ndarray] = field(default_factory=list)  # mono float32, data.media.AUDIO_RATE
     videos: list[list[Image.Image]] = field(default_factory=list)  # frames
     meta: dict[str, Any] = field(default_factory=dict)
 
