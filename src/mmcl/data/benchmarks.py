@@ -13,12 +13,14 @@ from types import ModuleType
 
 from mmcl.data.records import Record, load_records
 from mmcl.data.synth import SynthTask, generate
+from mmcl.data.synth.micl import ORDER_1 as MICL_ORDER_1
+from mmcl.data.synth.micl import ORDER_2 as MICL_ORDER_2
 from mmcl.data.synth.scenario import ORDER_5, ORDER_20
 from mmcl.errors import MmclError
 from mmcl.io import cache_dir, read_json, stable_hash
 
 # Bump when a generator's output changes, so caches made by older code are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,19 @@ register_benchmark(
     )
 )
 
+# Modality-inconsistent streams (MoInCL): data/synth/micl.py has the tasks and both orders.
+for _name, _order in (("micl-order1", MICL_ORDER_1), ("micl-order2", MICL_ORDER_2)):
+    register_benchmark(
+        SynthBenchmark(
+            _name,
+            "MICL: image/audio/video x captioning/QA, " + " -> ".join(_order).replace("_", " "),
+            "micl",
+            _order,
+            train_size=400,
+            test_size=30,
+        )
+    )
+
 # The general corpus that base-pretrains the embedded default model (not a CL stream).
 PRETRAIN = SynthBenchmark(
     "pretrain",
@@ -182,6 +197,15 @@ PRETRAIN = SynthBenchmark(
     ("scenes",),
     train_size=20000,
     test_size=200,
+)
+# Its audio/video counterpart, which extends that base to hear and watch (models/media_pretrain).
+PRETRAIN_AV = SynthBenchmark(
+    "pretrain-av",
+    "general sounds and clips for extending the base model to audio and video",
+    "pretrain_av",
+    ("sounds", "clips"),
+    train_size=4000,
+    test_size=50,
 )
 
 
