@@ -1,7 +1,7 @@
 """Metrics as pure functions: per-sample scorers, and continual metrics on the accuracy matrix.
 
 Scorers take (prediction, references) and return a score in [0, 1]; corpus-level scorers
-(CIDEr) take whole lists. `score_task` applies a task's metric to all its samples.
+(CIDEr, MSVQA) take whole lists. `score_task` applies a task's metric to all its samples.
 Continual metrics follow DESIGN.md, with A[k][i] the score (0-100) on task i after step k.
 """
 
@@ -215,6 +215,46 @@ def msvqa_scores(
 
 CORPUS_SCORERS["msvqa"] = msvqa_scores
 METRIC_NAMES["msvqa"] = "vqa_score"
+SCORERS["vqa"] = vqa_score
+METRIC_NAMES["vqa"] = "vqa_score"
+
+
+# --- captioning (CIDEr-D, BLEU-4, ROUGE-L through pycocoevalcap) -------------------------------
+def caption_tokens(text: str) -> str:
+    """COCO-style caption normalisation in Python (pycocoevalcap's PTBTokenizer needs Java):
+    lowercased, punctuation removed, words joined by single spaces."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def caption_scores(
+    predictions: list[str], references: list[list[str]]
+) -> tuple[list[float], dict[str, float]]:
+    """CIDEr-D over the corpus (its idf comes from these references), BLEU-4 and ROUGE-L beside
+    it. CIDEr-D lies in [0, 10]; the per-sample score is CIDEr-D / 10 and the task score
+    CIDEr-D x 10, both on the 0-1 / 0-100 scales of every other scorer. `cider`, `bleu4` and
+    `rouge_l` in the extra figures are the conventional x100 values."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {i: [caption_tokens(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [caption_tokens(p)] for i, p in enumerate(predictions)}
+    if not gts:
+        return [], {"task_score": 0.0}
+    cider, per_sample = Cider().compute_score(gts, res)
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    extra = {
+        "cider": 100 * float(cider),
+        "bleu4": 100 * float(bleu[3]),
+        "rouge_l": 100 * float(rouge),
+        "task_score": 10 * float(cider),
+    }
+    return [float(c) / 10 for c in per_sample], extra
+
+
+CORPUS_SCORERS["cider"] = caption_scores
+METRIC_NAMES["cider"] = "cider"
 
 
 # --- continual metrics on the accuracy matrix -------------------------------------------------
