@@ -61,7 +61,7 @@ def load_tasks(cfg: ExperimentConfig) -> list[Task]:
     return bench.load(cfg.seed, cfg.data.train_size, cfg.data.test_size, cfg.tasks)
 
 
-def load_backbone(cfg: ExperimentConfig) -> Backbone:
+def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Backbone:
     if cfg.model.backbone == "hf-native":
         from mmcl.models.hf_native import load_hf_native
 
@@ -70,6 +70,11 @@ def load_backbone(cfg: ExperimentConfig) -> Backbone:
         from mmcl.models.pretrained import load_pretrained_parts
 
         return load_pretrained_parts(cfg.model)
+    if any(t.spec.modality != "image" for t in tasks or []):
+        # Audio/video streams get the image base extended with its own encoders (cached apart).
+        from mmcl.models.media_pretrain import media_backbone
+
+        return media_backbone(cfg.model.preset, seed=0)
     from mmcl.models.tiny import pretrained_backbone
 
     return pretrained_backbone(cfg.model.preset, seed=0)
@@ -215,7 +220,7 @@ class Run:
             )
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
-            backbone = load_backbone(cfg)
+            backbone = load_backbone(cfg, tasks)
         specs = [t.spec for t in tasks]
         backbone.max_new_tokens = cfg.eval.max_new_tokens
         seed_everything(derive_seed(cfg.seed, "setup"))

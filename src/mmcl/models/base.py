@@ -85,6 +85,8 @@ class Backbone:
 
     lm_lora_targets: str  # regex of the language model's linear layers
     vision_lora_targets: str | None = None
+    # Modules every adapter trains a full copy of (peft's modules_to_save), e.g. projectors.
+    lora_modules_to_save: tuple[str, ...] = ()
 
     def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):
         self.core = core
@@ -164,7 +166,11 @@ class Backbone:
                 raise MmclError(f"{type(self).__name__} has no vision encoder to put LoRA on")
             targets = f"(?:{targets})|(?:{self.vision_lora_targets})"
         cfg = LoraConfig(
-            r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets
+            r=spec.r,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=targets,
+            modules_to_save=list(self.lora_modules_to_save) or None,
         )
         if not isinstance(self.model, PeftModel):
             self.model = get_peft_model(self.core, cfg, adapter_name=name)

@@ -105,17 +105,21 @@ class ComposedMLLM(nn.Module):
         )
 
 
+def image_tensor(im: Image.Image, size: int) -> torch.Tensor:
+    """An image (or video frame) -> (3, size, size) float tensor in [-1, 1]."""
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
     """An image file -> (3, size, size) float tensor in [-1, 1]."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
+            return image_tensor(im, size)
     except Exception as e:
         raise MmclError(f"cannot read image {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
 
 
 class ComposedBackbone(Backbone):
