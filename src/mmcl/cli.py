@@ -22,7 +22,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate and validate data fi
 app.add_typer(data_app, name="data")
 console = Console()
 
-DEMO_METHODS = ["zero-shot", "lora-ft", "joint"]
+DEMO_METHODS = ["zero-shot", "lora-ft", "joint", "mr-lora"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="experiment YAML")]
 SeedOpt = Annotated[int | None, typer.Option(help="seed (data, init, order of batches)")]

@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 
 
 class TrainSettings(BaseModel, extra="forbid"):
-    """Optimisation settings of one training stage."""
+    """Optimisation settings of one training stage. The defaults suit LoRA on the embedded tiny
+    model (the demo); pretrained 7B-class models want lr ~1e-4 and 1 epoch (see configs/)."""
 
-    epochs: float = Field(2, gt=0, description="passes over the task's training data")
+    epochs: float = Field(3, gt=0, description="passes over the task's training data")
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)

@@ -73,8 +73,8 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class LoraSpec(BaseModel, extra="forbid"):
     """LoRA settings; `targets` is a regex on module names (full match)."""
 
-    r: int = Field(8, ge=1, description="rank")
-    alpha: int = Field(16, ge=1)
+    r: int = Field(16, ge=1, description="rank")
+    alpha: int = Field(32, ge=1, description="scale alpha / r; 2r keeps it as the rank changes")
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: str | None = Field(None, description="default: all linear layers of the LM")
     vision: bool = Field(False, description="also adapt the vision encoder")

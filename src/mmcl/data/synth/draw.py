@@ -93,6 +93,16 @@ def draw_glyph(
     d.text(((x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2), ch, fill=colour, font=font(size), anchor="mm")
 
 
+def draw_button(
+    d: ImageDraw.ImageDraw, label: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]
+) -> None:
+    """A labelled button: a coloured frame round a letter in the same colour. The label is drawn
+    as any glyph (only smaller), so reading a button builds on reading letters."""
+    x0, y0, x1, y1 = box
+    d.rounded_rectangle(box, radius=3, fill=(250, 250, 250), outline=colour, width=2)
+    draw_glyph(d, label, (x0 + 2, y0 + 2, x1 - 2, y1 - 2), colour)
+
+
 def light_background(rng: np.random.Generator) -> tuple[int, int, int]:
     base = rng.integers(200, 256, size=3)
     return tuple(int(v) for v in base)

@@ -19,6 +19,7 @@ from mmcl.data.synth.draw import (
     SHAPES,
     add_noise,
     canvas,
+    draw_button,
     draw_glyph,
     draw_shape,
     light_background,
@@ -26,16 +27,28 @@ from mmcl.data.synth.draw import (
 )
 
 SYMBOLS = {"+": "plus sign", "-": "minus sign", "=": "equals sign"}
-# Per-cell classes for the vision-encoder pretraining stage ("kind:value", and a colour).
+# Per-cell labels for the vision-encoder pretraining stage: what ("kind:value"), its colour, and
+# whether it is framed as a button. A button's label is the same class as the bare letter, so
+# the encoder learns one feature per letter and reading buttons builds on reading text.
 CELL_CLASSES = [
     "empty",
     *[f"letter:{c}" for c in LETTERS],
     *[f"digit:{c}" for c in DIGITS],
     *[f"symbol:{c}" for c in SYMBOLS],
     *[f"shape:{s}" for s in SHAPES],
-    *[f"button:{c}" for c in LETTERS],
 ]
 CELL_COLOURS = ["none", *COLOURS]
+CELL_FRAMES = ["plain", "button"]
+CELL_VOCABS = {"what": CELL_CLASSES, "colour": CELL_COLOURS, "frame": CELL_FRAMES}
+
+
+def cell_word(label: str) -> str | None:
+    """The word the captions use for a cell label ("letter:A" -> "A", "symbol:+" -> "plus",
+    "button" -> "button"); None for the absence of a thing (empty, no colour, plain)."""
+    if label in ("empty", "none", "plain"):
+        return None
+    kind, _, value = label.rpartition(":")
+    return SYMBOLS[value].split()[0] if kind == "symbol" else value
 
 
 def _object(rng: np.random.Generator) -> tuple[str, str, str]:
@@ -64,18 +77,18 @@ def make_scene(rng: np.random.Generator, split: str) -> Sample:
     n = int(rng.integers(1, 7))
     cells = _pick(rng, GRID.cells(), n)
     objs = []
-    labels = [["empty", "none"] for _ in GRID.cells()]
+    labels = [["empty", "none", "plain"] for _ in GRID.cells()]
     for r, c in cells:
         kind, spec, name = _object(rng)
         what, colour = spec.split("|")
-        labels[r * GRID.n + c] = [f"{kind}:{what}", colour]
+        if kind == "button":
+            labels[r * GRID.n + c] = [f"letter:{what}", colour, "button"]
+            draw_button(d, what, GRID.box(r, c, pad=0), COLOURS[colour])
+        else:
+            labels[r * GRID.n + c] = [f"{kind}:{what}", colour, "plain"]
         if kind == "shape":
             draw_shape(d, what, GRID.box(r, c, pad=int(rng.integers(2, 5))), COLOURS[colour])
-        elif kind == "button":
-            x0, y0, x1, y1 = GRID.box(r, c, pad=1)
-            d.rounded_rectangle((x0, y0, x1, y1), radius=3, fill=COLOURS[colour])
-            draw_glyph(d, what, GRID.box(r, c, pad=3), (255, 255, 255))
-        else:
+        elif kind != "button":
             draw_glyph(d, what, GRID.box(r, c, pad=1), COLOURS[colour])
         objs.append(((r, c), kind, name))
     objs.sort()  # reading order
