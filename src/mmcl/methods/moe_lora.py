@@ -31,8 +31,8 @@ class MoeLoraConfig(BaseModel, extra="forbid"):
     """What `add_moe_lora` puts where: `targets` is a regex on module names (full match)."""
 
     targets: str
-    r: int = Field(8, ge=1, description="total rank, shared out equally among the experts")
-    alpha: int = Field(16, ge=1)
+    r: int = Field(16, ge=1, description="total rank, shared out equally among the experts")
+    alpha: int = Field(32, ge=1)
     experts: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
 
