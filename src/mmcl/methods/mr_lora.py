@@ -280,12 +280,14 @@ class MrLora(Method):
         self.backbone.use_adapters(self.experts[-1])
         self.backbone.generate(collate(chunks[0][:2]))
         single = router = routed = 0.0
-        for chunk in chunks:  # interleaved, so that a change of machine load hits both alike
-            batch = collate(chunk)
+        # Both paths pay their own input preparation (reading media included), as in serving;
+        # interleaved, so that a change of machine load hits both alike.
+        for chunk in chunks:
             self.backbone.use_adapters(self.experts[-1])
             t0 = time.perf_counter()
-            self.backbone.generate(batch)
+            self.backbone.generate(collate(chunk))
             t1 = time.perf_counter()
+            batch = collate(chunk)
             names, _ = self.route(chunk, batch)
             t2 = time.perf_counter()
             self._activate()

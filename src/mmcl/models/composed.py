@@ -135,6 +135,7 @@ class ComposedBackbone(Backbone):
     ):
         super().__init__(core, tokenizer, max_new_tokens)
         self.featurizers = featurizers
+        self._recent: dict[tuple[str, str], torch.Tensor] = {}  # the last collate's media
         self.num_tokens = num_tokens
         self.lm_lora_targets = lm_linear_regex("lm.model")
         self.vision_lora_targets = (
@@ -199,13 +200,21 @@ class ComposedBackbone(Backbone):
         for i, (s, lab) in enumerate(seqs):
             sl = slice(0, len(s)) if train else slice(width - len(s), width)
             ids[i, sl], labels[i, sl], mask[i, sl] = torch.tensor(s), torch.tensor(lab), 1
-        media = {}
+        media, recent = {}, {}
         for m in MODALITIES:
             paths = [p for r in records for p in r.media.get(m, ())]
             if paths:
                 if m not in self.featurizers:
                     raise MmclError(f"this backbone cannot read {m} (record {records[0].id})")
-                media[m] = torch.stack([self.featurizers[m](p) for p in paths])
+                for p in paths:
+                    key = (m, str(p))
+                    recent[key] = self._recent.get(key)
+                    if recent[key] is None:
+                        recent[key] = self.featurizers[m](p)
+                media[m] = torch.stack([recent[(m, str(p))] for p in paths])
+        # Routed inference reads the same media twice in a row (the router's prompt, then the
+        # expert's): the previous call's features are reused instead of decoding files again.
+        self._recent = recent
         return Batch(list(records), ids, mask, labels if train else None, media)
 
     def _forward(self, batch: Batch, hidden: bool, **kw):
