@@ -280,14 +280,15 @@ class MrLora(Method):
         self.backbone.use_adapters(self.experts[-1])
         self.backbone.generate(collate(chunks[0][:2]))
         single = router = routed = 0.0
-        # Both paths pay their own input preparation (reading media included), as in serving;
-        # interleaved, so that a change of machine load hits both alike.
+        # Both paths start from the same prepared batch (media decoded once, as in serving: the
+        # router's prompts reuse those features); interleaved, so that a change of machine
+        # load hits both alike.
         for chunk in chunks:
+            batch = collate(chunk)
             self.backbone.use_adapters(self.experts[-1])
             t0 = time.perf_counter()
-            self.backbone.generate(collate(chunk))
+            self.backbone.generate(batch)
             t1 = time.perf_counter()
-            batch = collate(chunk)
             names, _ = self.route(chunk, batch)
             t2 = time.perf_counter()
             self._activate()

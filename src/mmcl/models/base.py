@@ -9,6 +9,7 @@ vision-encoder blocks. Subclasses implement `collate`, `_forward` and `_generate
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -80,8 +81,9 @@ class LoraSpec(BaseModel, extra="forbid"):
     vision: bool = Field(False, description="also adapt the vision encoder")
 
 
-class Backbone:
-    """Shared behaviour of backbones; `core` is the plain nn.Module, `model` what trains."""
+class Backbone(ABC):
+    """Shared behaviour of backbones; `core` is the plain nn.Module, `model` what trains.
+    A backbone implements `collate`, `_forward` and `_generate`; the rest is shared."""
 
     lm_lora_targets: str  # regex of the language model's linear layers
     vision_lora_targets: str | None = None
@@ -95,17 +97,18 @@ class Backbone:
         self.max_new_tokens = max_new_tokens
 
     # --- subclasses -------------------------------------------------------------------------
+    @abstractmethod
     def collate(self, records: Sequence[Record], train: bool = True) -> Batch:
         """Records -> Batch; `train` puts answers in the sequence (right padding), else prompts
         only (left padding, for generation)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _forward(self, batch: Batch, hidden: bool, **kw) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits, last hidden states)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _generate(self, batch: Batch, max_new_tokens: int, **kw) -> torch.Tensor:
-        raise NotImplementedError
+        """Return generated token ids for `generate` to decode."""
 
     def vision_blocks(self) -> list[nn.Module]:
         raise MmclError(f"{type(self).__name__} exposes no vision-encoder blocks")

@@ -206,12 +206,15 @@ class ComposedBackbone(Backbone):
             if paths:
                 if m not in self.featurizers:
                     raise MmclError(f"this backbone cannot read {m} (record {records[0].id})")
+                feats = []
                 for p in paths:
                     key = (m, str(p))
-                    recent[key] = self._recent.get(key)
-                    if recent[key] is None:
-                        recent[key] = self.featurizers[m](p)
-                media[m] = torch.stack([recent[(m, str(p))] for p in paths])
+                    if key not in recent:
+                        recent[key] = self._recent.get(key)
+                        if recent[key] is None:
+                            recent[key] = self.featurizers[m](p)
+                    feats.append(recent[key])
+                media[m] = torch.stack(feats)
         # Routed inference reads the same media twice in a row (the router's prompt, then the
         # expert's): the previous call's features are reused instead of decoding files again.
         self._recent = recent

@@ -27,6 +27,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from mmcl.data.synth import sample_rng
+from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word, make_scene
 from mmcl.errors import MmclError
 from mmcl.io import cache_dir, load_tensors, save_tensors, seed_everything, stable_hash, write_json
 from mmcl.models.composed import ComposedBackbone, ComposedMLLM, VisionTower, load_image, projector
@@ -86,9 +88,6 @@ def get_preset(name: str) -> Preset:
 
 def tokenizer_corpus(n_scenes: int = 2000) -> list[str]:
     """Text the tokenizer is trained on: the built-in vocabulary and pretraining prompts."""
-    from mmcl.data.synth import sample_rng
-    from mmcl.data.synth.pretrain import make_scene
-
     vocab = files("mmcl.assets").joinpath("vocabulary.txt").read_text()
     texts = [vocab]
     for i in range(n_scenes):
@@ -149,8 +148,6 @@ class VisualWords(nn.Module):
     by copying what it sees, as with discrete-token MLLMs, while the MLP carries the rest."""
 
     def __init__(self, in_dim: int, out_dim: int):
-        from mmcl.data.synth.pretrain import CELL_VOCABS
-
         super().__init__()
         self.mlp = projector(in_dim, out_dim)
         self.heads = nn.ModuleList([nn.Linear(in_dim, len(v)) for v in CELL_VOCABS.values()])
@@ -210,8 +207,6 @@ def build_backbone(preset: Preset, tokenizer, seed: int = 0) -> ComposedBackbone
 def cell_labels(backbone: ComposedBackbone, records: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels (N, 3, H, W) of the pretraining scenes and their per-cell labels (N, cells, 3):
     indices into CELL_CLASSES, CELL_COLOURS and CELL_FRAMES."""
-    from mmcl.data.synth.pretrain import CELL_VOCABS
-
     index = [{c: i for i, c in enumerate(v)} for v in CELL_VOCABS.values()]
     pixels = torch.stack([backbone.featurizers["image"](r.media["image"][0]) for r in records])
     labels = torch.tensor(
@@ -220,10 +215,11 @@ def cell_labels(backbone: ComposedBackbone, records: list) -> tuple[torch.Tensor
             for r in records
         ]
     )
-    if backbone.core.encoders["image"].num_tokens != labels.shape[1]:
+    patches = backbone.core.encoders["image"].num_tokens
+    if patches != labels.shape[1]:
         raise MmclError(
             f"vision pretraining needs one patch per grid cell; the preset has "
-            f"{backbone.core.encoders['image'].num_tokens} patches for {labels.shape[1]} cells"
+            f"{patches} patches for {labels.shape[1]} cells"
         )
     return pixels, labels
 
@@ -240,8 +236,6 @@ def pretrain_vision(
     """Stage 1: teach the vision encoder to see, by classifying each grid cell's content, colour
     and frame from its patch token with the projector's visual-word heads (as CLIP's
     pretraining, on our corpus). Returns the last epoch's accuracy per head."""
-    from mmcl.data.synth.pretrain import CELL_VOCABS
-
     tower = backbone.core.encoders["image"]
     proj = backbone.core.projectors["image"]
     heads = proj.heads
@@ -275,8 +269,6 @@ def pretrain_vision(
 def init_visual_words(backbone: ComposedBackbone) -> None:
     """Point each class of the visual-word heads at the LM's embedding of the word that names it
     ("letter:A" -> "A", "red", "button"); classes that name nothing stay at zero."""
-    from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word
-
     proj = backbone.core.projectors["image"]
     emb = backbone.core.lm.get_input_embeddings().weight
     tok = backbone.tokenizer
