@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,10 +79,11 @@ files = st.one_of(
 )
 
 
-def _folder() -> Path:
+def _folder(factory: pytest.TempPathFactory) -> Path:
     """A fresh folder with one good image and one corrupt one (hypothesis reruns the test body
-    many times, so pytest's per-test tmp_path would be shared between examples)."""
-    root = Path(tempfile.mkdtemp(prefix="mmcl-fuzz-"))
+    many times, so pytest's per-test tmp_path would be shared between examples; folders from the
+    session-scoped factory are removed by pytest like tmp_path)."""
+    root = factory.mktemp("fuzz")
     Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "a.png")
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     return root
@@ -93,8 +93,8 @@ def _folder() -> Path:
 @given(text=files)
 @example(text="[" * 100_000)  # nesting deeper than the JSON parser's recursion limit
 @example(text='[{"id": "x", "image": "a.png", "conversations": [{"from": "human"}]}]')
-def test_record_files_give_problems_or_records_never_a_crash(text):
-    path = _folder() / "data.json"
+def test_record_files_give_problems_or_records_never_a_crash(tmp_path_factory, text):
+    path = _folder(tmp_path_factory) / "data.json"
     path.write_text(text, encoding="utf-8")
     n, problems = validate_file(path)
     assert all(isinstance(p, str) and str(path) in p for p in problems)
@@ -111,8 +111,8 @@ def test_record_files_give_problems_or_records_never_a_crash(text):
 
 @FUZZ
 @given(data=st.binary(max_size=300), cut=st.integers(0, 200))
-def test_random_bytes_as_png_are_reported_as_corrupt_images(data, cut):
-    root = _folder()
+def test_random_bytes_as_png_are_reported_as_corrupt_images(tmp_path_factory, data, cut):
+    root = _folder(tmp_path_factory)
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, format="PNG")
     for name, blob in (("random.png", data), ("truncated.png", buf.getvalue()[:cut])):
@@ -139,8 +139,8 @@ def test_random_bytes_as_png_are_reported_as_corrupt_images(data, cut):
 
 @FUZZ
 @given(files)
-def test_cli_data_validate_exits_cleanly(text):
-    path = _folder() / "data.json"
+def test_cli_data_validate_exits_cleanly(tmp_path_factory, text):
+    path = _folder(tmp_path_factory) / "data.json"
     path.write_text(text, encoding="utf-8")
     res = runner.invoke(app, ["data", "validate", str(path)])
     assert res.exit_code in (0, 1), res.exception
@@ -197,8 +197,8 @@ configs = st.one_of(
 )
 
 
-def _write_config(data: bytes) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="mmcl-fuzz-")) / "c.yaml"
+def _write_config(factory: pytest.TempPathFactory, data: bytes) -> Path:
+    path = factory.mktemp("fuzz") / "c.yaml"
     path.write_bytes(data)
     return path
 
@@ -207,8 +207,8 @@ def _write_config(data: bytes) -> Path:
 @given(text=configs, preset=st.sampled_from([None, "micro", "nope"]))
 @example(text=b"model: micro\n", preset="micro")  # an override into a section that is no mapping
 @example(text=b"a: *b\n", preset=None)  # an undefined YAML alias
-def test_configs_load_or_raise_a_clear_error(text, preset):
-    path = _write_config(text)
+def test_configs_load_or_raise_a_clear_error(tmp_path_factory, text, preset):
+    path = _write_config(tmp_path_factory, text)
     try:
         cfg = load_config(path, {"model.preset": preset})
     except MmclError as e:
@@ -221,8 +221,10 @@ def test_configs_load_or_raise_a_clear_error(text, preset):
 @given(
     text=configs, seed=st.sampled_from([None, "7", "x"]), preset=st.sampled_from([None, "micro"])
 )
-def test_cli_run_with_a_bad_config_fails_cleanly_without_results(text, seed, preset):
-    path = _write_config(text)
+def test_cli_run_with_a_bad_config_fails_cleanly_without_results(
+    tmp_path_factory, text, seed, preset
+):
+    path = _write_config(tmp_path_factory, text)
     try:
         load_config(path, {"model.preset": preset, "seed": seed and int(seed)})
     except (MmclError, ValueError):
