@@ -148,16 +148,17 @@ def test_routing_fallback_is_counted_and_deterministic(micro_stream, monkeypatch
     prompt = method.routing_prompt(micro_stream[1].test[0])
     assert prompt.count("<image>") == 1 and "A. " in prompt and "B. " in prompt
     assert micro_stream[0].spec.description in prompt
-    assert method.parse_route("B.") == "gui" and method.parse_route("A") == "ocr"
-    assert method.parse_route("C") is None and method.parse_route("") is None
+    _, firsts = method.letter_tokens()
+    assert len(set(firsts)) == 2
 
     batch = backbone.collate(micro_stream[1].test[:3], train=False)
-    outputs = ["the gui", "Z", "B."]  # names no expert, names an unknown one, names gui
-    monkeypatch.setattr(method, "router_texts", lambda records: outputs[: len(records)])
-    routes = method.predict(batch)
-    expected = method.most_likely_expert(batch.records[:2])
-    assert routes == [*expected, "gui"] and set(expected) <= {"ocr", "gui"}
-    assert method.most_likely_expert(batch.records[:2]) == expected  # deterministic
+    scores, named = method.router_scores(batch.records)
+    assert scores.shape == (3, 2) and named.shape == (3,)
+    assert torch.equal(method.router_scores(batch.records)[0], scores)  # deterministic
+    # the router's top tokens: no letter, no letter, a letter; the best letters: gui, ocr, gui
+    fake = (torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([False, False, True]))
+    monkeypatch.setattr(method, "router_scores", lambda records: fake)
+    assert method.predict(batch) == ["gui", "ocr", "gui"]
     assert method.report()["routing"]["fallbacks"] == 2
     assert method.report()["routing"]["routed"] == 3
 

@@ -7,11 +7,11 @@ task only (no other adapter active) and frozen once its task is over.
 Router (`router: mllm`, the paper's): another LoRA on the same base model, trained again from
 scratch after every task on a few samples per seen task (their record ids are kept), to answer
 a prompt that lists each expert's letter and its task's one-line description with the letter
-of the expert that should answer. At test time the router generates a letter for every sample
-(batched) and that expert answers (the evaluator batches mixed experts through peft's
-`adapter_names`). An output that names no seen expert falls back to the seen expert whose
-letter the router itself scores as most likely (teacher-forced likelihood; deterministic), and
-is counted.
+of the expert that should answer. At test time one batched forward pass of the router scores
+the seen experts' letters as its next answer token (the answer it would generate, without a
+generation loop) and the best-scored expert answers (the evaluator batches mixed experts
+through peft's `adapter_names`). When the router's top token is no expert's letter, the best
+letter is the deterministic fallback, and such samples are counted.
 
 Router (`router: prototype`): training-free — the nearest per-task prototype of the base
 model's prompt-pooled last hidden state. Prototypes are the means over the same few samples per
@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from mmcl.data.benchmarks import Task
@@ -61,7 +60,6 @@ class MrLoraOptions(MethodOptions):
         default_factory=lambda: TrainSettings(epochs=8, batch_size=8, lr=2e-3),
         description="how the router is trained after each task",
     )
-    router_max_new_tokens: int = Field(4, ge=1, description="tokens the router may generate")
     prototype_shrinkage: float = Field(
         0.1, gt=0, le=1, description="prototype router: covariance shrinkage towards identity"
     )
@@ -182,44 +180,41 @@ class MrLora(Method):
         self.backbone.use_adapters(ROUTER if ROUTER in self.backbone.adapters else self.experts[-1])
         self.backbone.set_trainable({})
 
-    def router_texts(self, records: list[Record]) -> list[str]:
-        """What the router generates for each record (one batched generation)."""
-        batch = self.backbone.collate([self.routing_record(r) for r in records], train=False)
-        self.backbone.use_adapters(ROUTER)
-        return self.backbone.generate(
-            batch.to(self.backbone.device), max_new_tokens=self.opts.router_max_new_tokens
-        )
-
-    def parse_route(self, text: str) -> str | None:
-        """The seen expert a router output names (its first word is that expert's letter)."""
-        words = text.split()
-        first = words[0].strip(".,:;)(") if words else ""
-        return next((n for n in self.experts if self.letter(n) == first), None)
+    def letter_tokens(self) -> tuple[list[int], list[int]]:
+        """(tokens every letter answer starts with, e.g. a space; the token that then tells the
+        seen experts' letters apart, one per expert)."""
+        tok = self.backbone.tokenizer
+        enc = [tok(" " + self.letter(n), add_special_tokens=False).input_ids for n in self.experts]
+        k = 0
+        while all(len(e) > k + 1 for e in enc) and len({e[k] for e in enc}) == 1:
+            k += 1
+        firsts = [e[k] for e in enc]
+        if len(set(firsts)) != len(firsts):
+            raise MmclError("mr-lora: the tokenizer does not tell the experts' letters apart")
+        return enc[0][:k], firsts
 
     @torch.no_grad()
-    def most_likely_expert(self, records: list[Record]) -> list[str]:
-        """Per record, the seen expert whose letter the router scores highest (teacher-forced
-        log-likelihood of each letter answer; ties go to the earliest expert)."""
+    def router_scores(self, records: list[Record]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass of the router over the routing prompts (no generation): (B, experts)
+        scores of each expert's letter as the next answer token, and (B,) whether the router's
+        own top token is one of those letters."""
+        prefix, firsts = self.letter_tokens()
+        batch = self.backbone.collate([self.routing_record(r) for r in records], train=False)
+        # Prompts are left-padded, so the shared answer prefix is one more column for all.
+        extra = torch.tensor(prefix, dtype=torch.long).expand(len(records), -1)
+        batch.input_ids = torch.cat([batch.input_ids, extra], 1)
+        batch.attention_mask = torch.cat([batch.attention_mask, torch.ones_like(extra)], 1)
         self.backbone.use_adapters(ROUTER)
-        letters = [self.letter(n) for n in self.experts]
-        cands = [self.routing_record(r, x) for r in records for x in letters]
-        batch = self.backbone.collate(cands, train=True).to(self.backbone.device)
         self.backbone.model.eval()
-        out = self.backbone.forward(batch)
-        logp = F.log_softmax(out.logits[:, :-1].float(), -1)
-        mask = out.answer_mask
-        target = out.labels[:, 1:].clamp(min=0).unsqueeze(-1)
-        score = (logp.gather(-1, target).squeeze(-1) * mask).sum(-1).view(len(records), -1)
-        return [self.experts[int(k)] for k in score.argmax(-1)]
+        logits = self.backbone.forward(batch.to(self.backbone.device)).logits[:, -1].float()
+        named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))
+        return logits[:, firsts].cpu(), named.cpu()
 
     def _route_mllm(self, records: list[Record]) -> tuple[list[str], int]:
-        routes = [self.parse_route(t) for t in self.router_texts(records)]
-        failed = [k for k, r in enumerate(routes) if r is None]
-        if failed:
-            likely = self.most_likely_expert([records[k] for k in failed])
-            for k, name in zip(failed, likely, strict=True):
-                routes[k] = name
-        return routes, len(failed)
+        """The letter the router scores highest; when its top token is no letter at all, that
+        is still the deterministic fallback, and it is counted."""
+        scores, named = self.router_scores(records)
+        return [self.experts[int(k)] for k in scores.argmax(-1)], int((~named).sum())
 
     # --- the prototype router ---------------------------------------------------------------
     @torch.no_grad()

@@ -92,9 +92,17 @@ def generate(
             for split, n in sizes.items():
                 write_split(task, split, n, seed, tmp / task.name)
         write_json(tmp / "benchmark.json", info)
+        # Another process may have written the same (deterministic) data meanwhile and be
+        # reading it now: a complete copy is kept, and only an incomplete one replaced.
+        if (out / "benchmark.json").exists():
+            return
         if out.exists():
             shutil.rmtree(out)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "benchmark.json").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
