@@ -344,7 +344,8 @@ def routed_inference(backbone: Backbone, tasks: list[Task], p: BenchPreset) -> d
         _, failed = method.route(records[:bs])
         cost = method.measure_cost(records)
         return {
-            "how": "mr-lora: the router generates a letter, then experts answer in mixed batches",
+            "how": "mr-lora: one router forward pass scores the letters, then experts answer "
+            "in mixed batches",
             "samples": len(records),
             "single_samples_per_s": cost["single_adapter_samples_per_s"],
             "router_samples_per_s": cost["router_samples_per_s"],
@@ -566,7 +567,7 @@ def bench_markdown(res: dict[str, Any]) -> str:
         "(target <= 1.5)"
         + (
             f"; router alone {ro['router_samples_per_s']:.1f} samples/s, router answers that "
-            f"needed the fallback scoring: {ro['router_fallbacks']}."
+            f"named no expert (best-letter fallback): {ro['router_fallbacks']}."
             if "router_fallbacks" in ro
             else "."
         ),
