@@ -163,6 +163,25 @@ def test_routing_fallback_is_counted_and_deterministic(micro_stream, monkeypatch
     assert method.report()["routing"]["routed"] == 3
 
 
+def test_router_prefix_cache_equals_a_full_forward(micro_stream):
+    """The routing prompts share the expert list: run once and reused from the KV cache, it must
+    give the scores of a plain forward pass over each whole prompt (LoRA active)."""
+    backbone = pretrained_backbone("micro")
+    backbone.add_lora("probe", LoraSpec(r=4, alpha=8))
+    with torch.no_grad():  # a non-zero LoRA, so that the adapter really takes part
+        for name, p in backbone.adapter_parameters("probe").items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    backbone.use_adapters("probe")
+    shared = "experts: A. reading words B. choosing actions\nwhich expert? answer with its letter."
+    records = [r.with_turns([(f"{shared}\n{r.prompt}", "?")]) for r in micro_stream[1].test[:4]]
+    batch = backbone.collate(records, train=False)
+    cached = backbone.next_token_logits(batch)
+    full = backbone.forward(batch).logits[:, -1]
+    assert cached.shape == full.shape
+    assert torch.allclose(cached, full, atol=1e-4), (cached - full).abs().max()
+
+
 def test_task_names_that_clash_with_the_router_are_refused(micro_stream):
     spec = micro_stream[0].spec
     clash = type(spec)("router", spec.modality, spec.metric, spec.description)

@@ -205,8 +205,7 @@ class MrLora(Method):
         batch.input_ids = torch.cat([batch.input_ids, extra], 1)
         batch.attention_mask = torch.cat([batch.attention_mask, torch.ones_like(extra)], 1)
         self.backbone.use_adapters(ROUTER)
-        self.backbone.model.eval()
-        logits = self.backbone.forward(batch.to(self.backbone.device)).logits[:, -1].float()
+        logits = self.backbone.next_token_logits(batch.to(self.backbone.device)).float()
         named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))
         return logits[:, firsts].cpu(), named.cpu()
 

@@ -140,6 +140,14 @@ class Backbone(ABC):
         )
 
     @torch.no_grad()
+    def next_token_logits(self, batch: Batch) -> torch.Tensor:
+        """(B, V) scores of the token that follows each prompt of a left-padded batch (as
+        `collate(..., train=False)` makes it): one forward pass of the active adapter."""
+        self.model.eval()
+        logits, _ = self._forward(batch, False)
+        return logits[:, -1]
+
+    @torch.no_grad()
     def generate(
         self,
         batch: Batch,

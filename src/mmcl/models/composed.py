@@ -220,6 +220,43 @@ class ComposedBackbone(Backbone):
         self._recent = recent
         return Batch(list(records), ids, mask, labels if train else None, media)
 
+    @torch.no_grad()
+    def next_token_logits(self, batch: Batch) -> torch.Tensor:
+        """As `Backbone.next_token_logits`, with prefix caching: the token prefix that every
+        prompt of the batch shares (up to its first media token; e.g. a router's list of
+        experts) runs once, and each row continues from its KV cache."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        rows = [ids[i, ids.shape[1] - int(n) :] for i, n in enumerate(mask.sum(1))]
+        media_ids = torch.tensor(list(self.core.token_ids.values()), device=ids.device)
+        shared = min(len(r) for r in rows) - 1  # every row keeps a token of its own
+        for r in rows:
+            differs = (r[:shared] != rows[0][:shared]) | torch.isin(r[:shared], media_ids)
+            if differs.any():
+                shared = int(differs.nonzero()[0])
+        if shared < 2 or len(rows) < 2:
+            return super().next_token_logits(batch)
+        self.model.eval()
+        lm = self.core.lm  # peft injects the active adapter's LoRA into these very modules
+        prefix = rows[0][:shared].unsqueeze(0)
+        embeds = self.core.embed(prefix, {})
+        cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
+        cache.batch_repeat_interleave(len(rows))
+        tails = [r[shared:] for r in rows]
+        width = max(len(t) for t in tails)
+        suffix = torch.full((len(rows), width), self.pad, dtype=ids.dtype, device=ids.device)
+        smask = torch.zeros_like(suffix)
+        for i, t in enumerate(tails):
+            suffix[i, : len(t)], smask[i, : len(t)] = t, 1
+        positions = shared + torch.arange(width, device=ids.device).expand(len(rows), -1)
+        out = lm(
+            inputs_embeds=self.core.embed(suffix, batch.media),
+            attention_mask=torch.cat([torch.ones_like(smask[:, :1]).expand(-1, shared), smask], 1),
+            position_ids=positions,
+            cache=cache,
+        )
+        last = smask.sum(1) - 1
+        return out.logits[torch.arange(len(rows), device=ids.device), last]
+
     def _forward(self, batch: Batch, hidden: bool, **kw):
         out = self.model(
             input_ids=batch.input_ids,

@@ -21,7 +21,6 @@ from mmcl.data.synth.draw import (
     draw_glyph,
     draw_shape,
     light_background,
-    position_name,
 )
 
 GRID = Grid()
@@ -69,10 +68,11 @@ def make_ocr(rng: np.random.Generator, split: str) -> Sample:
 def make_math(rng: np.random.Generator, split: str) -> Sample:
     img, d = canvas(GRID, light_background(rng))
     ink = COLOURS[_pick(rng, _INK)]
-    # Small operands: a 5M model learns a 6 x 6 table from 1k samples, not a 10 x 10 one.
-    a, b = int(rng.integers(0, 6)), int(rng.integers(0, 6))
+    # Small operands: the 5M tiny LM learns a 5 x 5 table from 1k samples (87% after 3 epochs;
+    # 62% for a 6 x 6 one), not a 10 x 10 one.
+    a, b = int(rng.integers(0, 5)), int(rng.integers(0, 5))
     row = int(rng.integers(0, GRID.n))
-    if rng.random() < 0.75:
+    if rng.random() < 0.67:
         op = "+" if rng.random() < 0.6 else "-"
         if op == "-" and b > a:
             a, b = b, a
@@ -98,40 +98,48 @@ def make_math(rng: np.random.Generator, split: str) -> Sample:
 
 
 def make_perception(rng: np.random.Generator, split: str) -> Sample:
+    """Counting every object. Counting only the objects of an asked colour or shape needs an
+    attribute-conditioned lookup that the 5M tiny LM learns only after ~10x this task's data
+    (measured: 42-50% after 3 epochs of 1000 samples, against 85% for counting all)."""
     img, d = canvas(GRID, light_background(rng))
-    n_obj = int(rng.integers(2, 7))
-    cells = _pick(rng, GRID.cells(), n_obj)
-    colour_names = _pick(rng, list(COLOURS), 3)  # few colours so that counts above 1 are common
-    objs = [(_pick(rng, SHAPES[:4]), _pick(rng, colour_names)) for _ in cells]
-    for (r, c), (shape, colour) in zip(cells, objs, strict=True):
-        draw_shape(d, shape, GRID.box(r, c, pad=2), COLOURS[colour])
-    if rng.random() < 0.5:
-        colour = _pick(rng, [c for _, c in objs])
-        n = sum(c == colour for _, c in objs)
-        q = f"how many {colour} objects are there?"
-    else:
-        shape = _pick(rng, [s for s, _ in objs])
-        n = sum(s == shape for s, _ in objs)
-        q = f"how many {shape}s are in the picture?"
+    n = int(rng.integers(1, 7))
+    for r, c in _pick(rng, GRID.cells(), n):
+        draw_shape(
+            d, _pick(rng, SHAPES[:4]), GRID.box(r, c, pad=2), COLOURS[_pick(rng, list(COLOURS))]
+        )
+    q = _pick(
+        rng,
+        [
+            "how many objects are in the picture?",
+            "how many shapes are there?",
+            "count the objects in the image.",
+        ],
+    )
     return Sample(q, [str(n)], [add_noise(img, rng)])
 
 
 def make_gui(rng: np.random.Generator, split: str) -> Sample:
-    """An app screen: a title bar and labelled buttons; the answer is the action to take."""
+    """An app screen: a title bar and labelled buttons, one enabled (coloured) and the others
+    disabled (black); the answer is the action to take. (Buttons named by colour or position in
+    the question need the attribute lookup the tiny LM cannot learn from this much data.)"""
     img, d = canvas(GRID, (245, 245, 245))
     d.rectangle((0, 0, GRID.size - 1, GRID.cell - 1), fill=(60, 60, 70))
     cells = [(r, c) for r, c in GRID.cells() if r > 0]
     n_btn = int(rng.integers(3, 6))
     where = _pick(rng, cells, n_btn)
-    colours = _pick(rng, [c for c in COLOURS if c != "black"], n_btn)
     labels = _pick(rng, LETTERS, n_btn)
-    for (r, c), colour, label in zip(where, colours, labels, strict=True):
-        draw_button(d, label, GRID.box(r, c, pad=0), COLOURS[colour])
     k = int(rng.integers(0, n_btn))
-    if rng.random() < 0.6:
-        q = f"click the {colours[k]} button. what is the next action?"
-    else:
-        q = f"tap the button at {position_name(*where[k])}. what is the next action?"
+    colour = _pick(rng, [c for c in COLOURS if c != "black"])
+    for j, ((r, c), label) in enumerate(zip(where, labels, strict=True)):
+        draw_button(d, label, GRID.box(r, c, pad=0), COLOURS[colour if j == k else "black"])
+    q = _pick(
+        rng,
+        [
+            "press the highlighted button. what is the next action?",
+            "one button is enabled. what is the next action?",
+            "what is the next action on this screen?",
+        ],
+    )
     return Sample(q, [f"click {labels[k]}"], [img])
 
 
@@ -143,7 +151,7 @@ TASKS = {
             "math", "image", "number", "arithmetic and comparing numbers (math & logic)", make_math
         ),
         SynthTask(
-            "perception", "image", "number", "counting objects by colour or shape", make_perception
+            "perception", "image", "number", "counting the objects in a picture", make_perception
         ),
         SynthTask(
             "gui", "image", "lenient", "choosing the action on an app screen (GUI agent)", make_gui
