@@ -117,6 +117,19 @@ def test_lora_targets_the_language_model_only(model_dirs, arch):
     assert len(names) > len(adapted) and any("vision" in n or "visual" in n for n in names)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_finetune_leaves_the_vision_encoder_frozen(model_dirs, arch):
+    from mmcl.methods import make_method
+
+    bb = _backbone(model_dirs, arch)
+    vision = bb.encoder_parameters()
+    assert vision and all("vision" in n or "visual" in n for n in vision)
+    make_method("finetune", {}, bb, [], 0).setup()
+    trainable = set(bb.trainable_parameters())
+    assert trainable and not trainable & set(vision)
+    assert any("language_model" in n for n in trainable)
+
+
 def test_vision_blocks_or_a_clear_error(model_dirs):
     assert len(_backbone(model_dirs, "llava").vision_blocks()) == 2
     with pytest.raises(MmclError, match="packed patches"):

@@ -19,11 +19,7 @@ class Finetune(Method):
     train_defaults = {"lr": 3e-4}
 
     def setup(self) -> None:
-        core = self.backbone.core
+        frozen = {} if self.opts.vision else self.backbone.encoder_parameters()
         self.backbone.set_trainable(
-            {
-                n: p
-                for n, p in core.named_parameters()
-                if self.opts.vision or not n.startswith("encoders.")
-            }
+            {n: p for n, p in self.backbone.core.named_parameters() if n not in frozen}
         )

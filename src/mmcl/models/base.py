@@ -113,6 +113,11 @@ class Backbone(ABC):
     def vision_blocks(self) -> list[nn.Module]:
         raise MmclError(f"{type(self).__name__} exposes no vision-encoder blocks")
 
+    @abstractmethod
+    def encoder_parameters(self) -> dict[str, nn.Parameter]:
+        """The media encoders' parameters (by name in `core`), which training leaves frozen
+        unless a method asks for them (as LLaVA freezes its vision tower)."""
+
     # --- shared -----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -146,6 +146,9 @@ class ComposedBackbone(Backbone):
         self.bos, self.eos, self.pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
         self.placeholder_ids = {m: tok.convert_tokens_to_ids(f"<{m}>") for m in MODALITIES}
 
+    def encoder_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.core.named_parameters() if n.startswith("encoders.")}
+
     def vision_blocks(self) -> list[nn.Module]:
         if "image" not in self.core.encoders:
             raise MmclError("this backbone has no vision encoder")

@@ -106,6 +106,12 @@ class HFNativeBackbone(Backbone):
             (m for m in self._vision.modules() if isinstance(m, nn.ModuleList) and len(m)), None
         )
 
+    def encoder_parameters(self) -> dict[str, nn.Parameter]:
+        if self._vision is None:
+            return {}
+        prefix = module_name(self.core, self._vision) + "."
+        return {n: p for n, p in self.core.named_parameters() if n.startswith(prefix)}
+
     def vision_blocks(self) -> list[nn.Module]:
         arch = type(self.core).__name__
         if self._blocks is None:

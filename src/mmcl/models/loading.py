@@ -88,9 +88,11 @@ def finish(model: nn.Module, quantized: bool, gradient_checkpointing: bool) -> n
     else:
         model.to(device())
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kw = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
