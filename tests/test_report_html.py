@@ -104,3 +104,17 @@ def test_report_html_names_missing_media(tmp_path):
     write_report(out, _results(False))
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "missing: a.png" in page
+
+
+def test_reports_list_the_scores_beside_the_main_one(tmp_path):
+    """Grounding F1 (or BLEU) after the last step reaches report.md and comparison.md."""
+    from mmcl.report import comparison_markdown, write_report
+
+    res = _results(routing=False)
+    extra = {t: {"grounding_f1": 12.5, "grounding_samples": 4.0} for t in TASKS}
+    res["task_extra"] = {"zero_shot": {}, "per_step": [{}, extra]}
+    write_report(tmp_path, res)
+    report = (tmp_path / "report.md").read_text()
+    assert "| ocr | 12.50 |" in report and "grounding_samples" not in report
+    cmp = comparison_markdown("ability", [res, _results(routing=True)])
+    assert "| lora-ft | 12.50 |" in cmp

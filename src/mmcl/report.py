@@ -27,6 +27,21 @@ def matrix_markdown(res: dict[str, Any]) -> str:
     return _table(["", *tasks], rows)
 
 
+def final_extras(res: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per task, the scores beside the main one (e.g. grounding F1, BLEU-4) after the last step;
+    sample counts left out. Empty when the tasks have none."""
+    steps = (res.get("task_extra") or {}).get("per_step") or [{}]
+    return {
+        task: {k: v for k, v in scores.items() if not k.endswith("_samples")}
+        for task, scores in steps[-1].items()
+    }
+
+
+def _extras_table(extras: dict[str, dict[str, float]]) -> str:
+    keys = sorted({k for scores in extras.values() for k in scores})
+    return _table(["task", *keys], [[t, *[s.get(k, "") for k in keys]] for t, s in extras.items()])
+
+
 def write_report(out: Path, res: dict[str, Any]) -> None:
     m = res["metrics"]
     counts = res["counts"]
@@ -57,6 +72,9 @@ def write_report(out: Path, res: dict[str, Any]) -> None:
         ),
         "",
     ]
+    extras = final_extras(res)
+    if extras:
+        parts += ["## Other scores after the last step", "", _extras_table(extras), ""]
     if "routing" in res:
         parts += [
             "## Routing accuracy (%, last step)",
@@ -120,6 +138,7 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "eval_s": r["timing"]["eval_s"],
                 "upper_bound": r.get("upper_bound", False),
                 **({"routing": r["routing"]["accuracy"]} if "routing" in r else {}),
+                **({"final_extra": final_extras(r)} if final_extras(r) else {}),
                 **({"method_info": r["method_info"]} if "method_info" in r else {}),
             }
         )
@@ -142,11 +161,29 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
             for r in rows
         ],
     )
-    return (
+    text = (
         f"# Comparison on {benchmark}\n\nSame stream, task order ({' -> '.join(tasks)}) and "
         f"seed for every method. Per-task columns are final scores (after the last task)."
         f"\n\n{table}\n"
     )
+    with_extra = [r for r in rows if "final_extra" in r]
+    if with_extra:
+        keys = sorted({k for r in with_extra for s in r["final_extra"].values() for k in s})
+        mean = [
+            [
+                r["method"],
+                *[
+                    sum(s.get(k, 0.0) for s in r["final_extra"].values()) / len(r["final_extra"])
+                    for k in keys
+                ],
+            ]
+            for r in with_extra
+        ]
+        text += (
+            "\n## Other scores after the last task (mean over tasks)\n\n"
+            f"{_table(['method', *keys], mean)}\n"
+        )
+    return text
 
 
 def write_comparison(out: Path, benchmark: str, results: list[dict[str, Any]]) -> str:
