@@ -200,10 +200,7 @@ class MrLora(Method):
         own top token is one of those letters."""
         prefix, firsts = self.letter_tokens()
         batch = self.backbone.collate([self.routing_record(r) for r in records], train=False)
-        # Prompts are left-padded, so the shared answer prefix is one more column for all.
-        extra = torch.tensor(prefix, dtype=torch.long).expand(len(records), -1)
-        batch.input_ids = torch.cat([batch.input_ids, extra], 1)
-        batch.attention_mask = torch.cat([batch.attention_mask, torch.ones_like(extra)], 1)
+        batch = batch.with_suffix(prefix)
         self.backbone.use_adapters(ROUTER)
         logits = self.backbone.next_token_logits(batch.to(self.backbone.device)).float()
         named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))

@@ -38,6 +38,27 @@ class Batch:
     def __len__(self) -> int:
         return len(self.records)
 
+    def with_suffix(self, tokens: list[int]) -> Batch:
+        """The batch with the same text tokens appended to every prompt (a test batch: left
+        padded, so they follow each prompt directly). Per-token extras among the media (e.g.
+        Qwen2-VL's token types) get 0, a text token's value, as the backbones' collate gives."""
+        n = len(tokens)
+        extra = torch.tensor(tokens, dtype=self.input_ids.dtype, device=self.input_ids.device)
+        shape = tuple(self.input_ids.shape)
+
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            if t.is_floating_point() or tuple(t.shape[:2]) != shape:
+                return t
+            return torch.cat([t, t.new_zeros((shape[0], n, *t.shape[2:]))], 1)
+
+        return Batch(
+            self.records,
+            torch.cat([self.input_ids, extra.expand(shape[0], -1)], 1),
+            torch.cat([self.attention_mask, self.attention_mask.new_ones((shape[0], n))], 1),
+            None,
+            {k: grow(v) for k, v in self.media.items()},
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         def move(t):
             return None if t is None else t.to(device)
