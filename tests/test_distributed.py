@@ -30,7 +30,7 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 from mmcl.config import load_config
-from mmcl.io import process_state
+from mmcl.io import end_processes, process_state
 from mmcl.models.base import Backbone
 from mmcl.runner import Run
 
@@ -48,6 +48,7 @@ out = Path(sys.argv[2])
 Run(load_config(sys.argv[1]), out).execute()
 rank = process_state().process_index
 (out.parent / f"calls-rank{rank}.json").write_text(json.dumps([calls, trained]))
+end_processes()
 """
 
 

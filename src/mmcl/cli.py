@@ -54,12 +54,15 @@ def run(
 ) -> None:
     """Run one continual-learning experiment and write results.json + report."""
     from mmcl.config import load_config
+    from mmcl.io import end_processes
     from mmcl.report import matrix_markdown
     from mmcl.runner import Run, is_main_process
 
     cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset))
     res = Run(cfg, out).execute(resume=resume)
-    if not is_main_process():  # under torchrun/accelerate the first process reports
+    main = is_main_process()
+    end_processes()
+    if not main:  # under torchrun/accelerate the first process reports
         return
     console.print(matrix_markdown(res))
     console.print({k: round(v, 2) for k, v in res["metrics"].items()})

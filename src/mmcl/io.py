@@ -101,6 +101,13 @@ def cache_dir() -> Path:
     return path
 
 
+def end_processes() -> None:
+    """Close the process group of a torchrun/accelerate launch, if any: a gloo group still open
+    at interpreter exit can abort a process ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def process_state() -> PartialState:
     """This process's place in a torchrun/accelerate launch (rank 0 of 1 when not launched).
     Without CUDA, processes talk over gloo, which accelerate enables only with cpu=True."""
