@@ -37,6 +37,11 @@ def final_extras(res: dict[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
+def _mean_over_tasks(extras: dict[str, dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for scores in extras.values() for k in scores})
+    return {k: sum(s.get(k, 0.0) for s in extras.values()) / len(extras) for k in keys}
+
+
 def _extras_table(extras: dict[str, dict[str, float]]) -> str:
     keys = sorted({k for scores in extras.values() for k in scores})
     return _table(["task", *keys], [[t, *[s.get(k, "") for k in keys]] for t, s in extras.items()])
@@ -129,6 +134,7 @@ def plot_matrix(res: dict[str, Any], path: Path) -> None:
 def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
+        extras = final_extras(r)
         rows.append(
             {
                 "method": r["method"],
@@ -138,7 +144,7 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "eval_s": r["timing"]["eval_s"],
                 "upper_bound": r.get("upper_bound", False),
                 **({"routing": r["routing"]["accuracy"]} if "routing" in r else {}),
-                **({"final_extra": final_extras(r)} if final_extras(r) else {}),
+                **({"final_extra": extras} if extras else {}),
                 **({"method_info": r["method_info"]} if "method_info" in r else {}),
             }
         )
@@ -166,23 +172,11 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
         f"seed for every method. Per-task columns are final scores (after the last task)."
         f"\n\n{table}\n"
     )
-    with_extra = [r for r in rows if "final_extra" in r]
-    if with_extra:
-        keys = sorted({k for r in with_extra for s in r["final_extra"].values() for k in s})
-        mean = [
-            [
-                r["method"],
-                *[
-                    sum(s.get(k, 0.0) for s in r["final_extra"].values()) / len(r["final_extra"])
-                    for k in keys
-                ],
-            ]
-            for r in with_extra
-        ]
-        text += (
-            "\n## Other scores after the last task (mean over tasks)\n\n"
-            f"{_table(['method', *keys], mean)}\n"
-        )
+    means = [(r["method"], _mean_over_tasks(r["final_extra"])) for r in rows if "final_extra" in r]
+    if means:
+        keys = sorted({k for _, m in means for k in m})
+        table = _table(["method", *keys], [[n, *[m.get(k, "") for k in keys]] for n, m in means])
+        text += f"\n## Other scores after the last task (mean over tasks)\n\n{table}\n"
     return text
 
 

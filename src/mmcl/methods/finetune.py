@@ -19,7 +19,7 @@ class Finetune(Method):
     train_defaults = {"lr": 3e-4}
 
     def setup(self) -> None:
-        frozen = {} if self.opts.vision else self.backbone.encoder_parameters()
-        self.backbone.set_trainable(
-            {n: p for n, p in self.backbone.core.named_parameters() if n not in frozen}
+        bb = self.backbone
+        bb.set_trainable(
+            dict(bb.core.named_parameters()) if self.opts.vision else bb.non_encoder_parameters()
         )

@@ -25,6 +25,12 @@ from mmcl.errors import MmclError
 IGNORE = -100
 
 
+def is_per_token(t: torch.Tensor, input_ids: torch.Tensor) -> bool:
+    """Whether a processor output has one entry per input token (e.g. Qwen2-VL's token types),
+    rather than per image."""
+    return t.dim() >= 2 and t.shape[:2] == input_ids.shape
+
+
 @dataclass
 class Batch:
     """Model inputs for a list of records. `labels` is -100 everywhere but answer tokens."""
@@ -42,19 +48,19 @@ class Batch:
         """The batch with the same text tokens appended to every prompt (a test batch: left
         padded, so they follow each prompt directly). Per-token extras among the media (e.g.
         Qwen2-VL's token types) get 0, a text token's value, as the backbones' collate gives."""
-        n = len(tokens)
-        extra = torch.tensor(tokens, dtype=self.input_ids.dtype, device=self.input_ids.device)
-        shape = tuple(self.input_ids.shape)
+        ids = self.input_ids
+        b, n = len(ids), len(tokens)
+        extra = torch.tensor(tokens, dtype=ids.dtype, device=ids.device).expand(b, -1)
 
         def grow(t: torch.Tensor) -> torch.Tensor:
-            if t.is_floating_point() or tuple(t.shape[:2]) != shape:
+            if not is_per_token(t, ids):
                 return t
-            return torch.cat([t, t.new_zeros((shape[0], n, *t.shape[2:]))], 1)
+            return torch.cat([t, t.new_zeros((b, n, *t.shape[2:]))], 1)
 
         return Batch(
             self.records,
-            torch.cat([self.input_ids, extra.expand(shape[0], -1)], 1),
-            torch.cat([self.attention_mask, self.attention_mask.new_ones((shape[0], n))], 1),
+            torch.cat([ids, extra], 1),
+            torch.cat([self.attention_mask, self.attention_mask.new_ones((b, n))], 1),
             None,
             {k: grow(v) for k, v in self.media.items()},
         )
@@ -138,6 +144,11 @@ class Backbone(ABC):
     def encoder_parameters(self) -> dict[str, nn.Parameter]:
         """The media encoders' parameters (by name in `core`), which training leaves frozen
         unless a method asks for them (as LLaVA freezes its vision tower)."""
+
+    def non_encoder_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter of `core` but the media encoders' (LM and projectors)."""
+        frozen = self.encoder_parameters()
+        return {n: p for n, p in self.core.named_parameters() if n not in frozen}
 
     # --- shared -----------------------------------------------------------------------------
     @property

@@ -253,7 +253,7 @@ class ComposedBackbone(Backbone):
         positions = shared + torch.arange(width, device=ids.device).expand(len(rows), -1)
         out = lm(
             inputs_embeds=self.core.embed(suffix, batch.media),
-            attention_mask=torch.cat([torch.ones_like(smask[:, :1]).expand(-1, shared), smask], 1),
+            attention_mask=torch.cat([smask.new_ones((len(rows), shared)), smask], 1),
             position_ids=positions,
             cache=cache,
         )

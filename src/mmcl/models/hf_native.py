@@ -28,7 +28,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationC
 from mmcl.data.records import PLACEHOLDER, Record
 from mmcl.errors import MmclError
 from mmcl.io import process_state
-from mmcl.models.base import IGNORE, Backbone, Batch
+from mmcl.models.base import IGNORE, Backbone, Batch, is_per_token
 from mmcl.models.loading import (
     finish,
     linear_regex,
@@ -189,7 +189,7 @@ class HFNativeBackbone(Backbone):
             add_special_tokens=not (bos and first[0].startswith(bos)),
         )
         ids0, mask0 = enc.pop("input_ids"), enc.pop("attention_mask").bool()
-        per_token = {k: v for k, v in enc.items() if v.dim() >= 2 and v.shape[:2] == ids0.shape}
+        per_token = {k: v for k, v in enc.items() if is_per_token(v, ids0)}
         media = {k: v for k, v in enc.items() if k not in per_token}
         seqs = []
         for i, rec_pieces in enumerate(pieces):

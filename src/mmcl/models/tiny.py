@@ -307,8 +307,7 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
     vision_acc = pretrain_vision(backbone, pixels, labels, seed)
     init_visual_words(backbone)
     # Stage 2 as LLaVA: the encoder stays frozen, projector and LM learn to use it.
-    frozen = backbone.encoder_parameters()
-    backbone.set_trainable({n: p for n, p in backbone.core.named_parameters() if n not in frozen})
+    backbone.set_trainable(backbone.non_encoder_parameters())
     stats = train(
         backbone,
         task.train[: preset.align_samples],
