@@ -1,4 +1,6 @@
-"""A micro stream under `torchrun --nproc_per_node 2` (gloo, CPU) against one process.
+"""A micro stream under 2 processes (gloo, CPU) against one process: DDP (`torchrun
+--nproc_per_node 2`), FSDP2 and DeepSpeed ZeRO-2 (`accelerate launch` with the configs in
+configs/accelerate; DeepSpeed only where it is installed).
 
 Tolerance: training with 2 processes splits each global batch in two and sums the gradients
 in another order, so the trained weights agree with one process's to float32 rounding (checked
@@ -10,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file
@@ -25,6 +30,8 @@ from tiny_hf import one_thread, save_tiny_llava, write_colour_stream  # noqa: F4
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_TEST = 5  # with eval batches of 2: 3 batches, so one process also makes a filler call
+ACCELERATE_CONFIGS = Path(__file__).parents[1] / "configs" / "accelerate"
+FSDP_MODEL = "FSDPPeftModel"  # fully_shard gives the sharded module class its name
 
 DRIVER = """
 import json, sys
@@ -34,7 +41,7 @@ from mmcl.io import end_processes, process_state
 from mmcl.models.base import Backbone
 from mmcl.runner import Run
 
-calls, trained = [], []
+calls, trained, models = [], [], set()
 generate, forward = Backbone.generate, Backbone.forward
 def counted(self, batch, *args, **kwargs):
     calls.append(len(batch))
@@ -42,12 +49,13 @@ def counted(self, batch, *args, **kwargs):
 def seen(self, batch, *args, **kwargs):
     if batch.labels is not None:
         trained.append(len(batch))
+        models.add(type(self.model).__name__)  # the model that trains: DDP, FSDP...
     return forward(self, batch, *args, **kwargs)
 Backbone.generate, Backbone.forward = counted, seen
 out = Path(sys.argv[2])
-Run(load_config(sys.argv[1]), out).execute()
+Run(load_config(sys.argv[1]), out).execute(resume="--resume" in sys.argv)
 rank = process_state().process_index
-(out.parent / f"calls-rank{rank}.json").write_text(json.dumps([calls, trained]))
+(out.parent / f"calls-rank{rank}.json").write_text(json.dumps([calls, trained, sorted(models)]))
 end_processes()
 """
 
@@ -65,10 +73,47 @@ def _predictions(folder: Path) -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def test_two_processes_match_one(tmp_path, monkeypatch):
-    model = save_tiny_llava(tmp_path / "llava")
-    stream = write_colour_stream(tmp_path / "data", ["first", "second"], 16, N_TEST)
-    config = tmp_path / "config.yaml"
+def _launch(cmd: list[str], *args: str | Path, env: dict | None = None) -> list[list]:
+    """Run the driver under a launcher; return each process's [generate calls, train batch
+    sizes, class names of the model that trained]."""
+    proc = subprocess.run(
+        [*cmd, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = Path(args[2])
+    return [json.loads((out.parent / f"calls-rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _accelerate_launch(config: str) -> list[str]:
+    """`accelerate launch` with a config of configs/accelerate, for 2 CPU processes."""
+    return [
+        *(sys.executable, "-m", "accelerate.commands.launch"),
+        *("--config_file", str(ACCELERATE_CONFIGS / config), "--num_processes", "2"),
+        *("--mixed_precision", "no", "--main_process_port", str(_free_port())),
+    ]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, one_thread):  # noqa: F811 (one thread first)
+    """The micro stream's model, data and config, and its run in one process (counting
+    generate calls as the driver does)."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    model = save_tiny_llava(tmp / "llava")
+    stream = write_colour_stream(tmp / "data", ["first", "second"], 16, N_TEST)
+    config = tmp / "config.yaml"
     config.write_text(
         f"benchmark: {stream}\n"
         f"model: {{backbone: hf-native, path: {model}}}\n"
@@ -76,7 +121,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
         "train: {epochs: 2, batch_size: 8, lr: 0.01}\n"
         "eval: {batch_size: 2, max_new_tokens: 4}\n"
     )
-    # One process, in this one (counting generate calls as the driver does).
+    (tmp / "driver.py").write_text(DRIVER)
     calls: list[int] = []
     generate = Backbone.generate
 
@@ -84,25 +129,26 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
         calls.append(len(batch))
         return generate(self, batch, *args, **kwargs)
 
-    monkeypatch.setattr(Backbone, "generate", counted)
-    one = Run(load_config(config), tmp_path / "one" / "run").execute()
-    monkeypatch.setattr(Backbone, "generate", generate)
-
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(driver), str(config), str(tmp_path / "two" / "run")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    Backbone.generate = counted
+    try:
+        results = Run(load_config(config), tmp / "one" / "run").execute()
+    finally:
+        Backbone.generate = generate
+    return SimpleNamespace(
+        tmp=tmp,
+        config=config,
+        driver=tmp / "driver.py",
+        out=tmp / "one" / "run",
+        calls=calls,
+        results=results,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out_one, out_two = tmp_path / "one" / "run", tmp_path / "two" / "run"
-    two = json.loads((out_two / "results.json").read_text())
 
-    # every sample scored exactly once, with the same predictions and metrics
+
+def _matches_one(single: SimpleNamespace, out_two: Path) -> None:
+    """The 2-process run in `out_two` scored every sample once, with the predictions and
+    metrics of one process, and trained the same weights up to float32 rounding."""
+    one, out_one = single.results, single.out
+    two = json.loads((out_two / "results.json").read_text())
     assert (
         two["counts"]
         == one["counts"]
@@ -112,18 +158,60 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     assert any(row != one["zero_shot"] for row in one["accuracy_matrix"])  # training mattered
     for key in ("zero_shot", "accuracy_matrix", "metrics"):
         assert two[key] == one[key], key
-    # training: the same weights up to float32 rounding
     for step in ("step0", "step1"):
         w1 = load_file(out_one / "checkpoints" / step / "model.safetensors")
         w2 = load_file(out_two / "checkpoints" / step / "model.safetensors")
         assert w1.keys() == w2.keys() and w1
         assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
-    per_rank = [json.loads((out_two.parent / f"calls-rank{r}.json").read_text()) for r in (0, 1)]
-    # training was split: each process took half of every batch of 8, for 2 tasks x 2 epochs
-    assert [trained for _, trained in per_rank] == [[4] * 8, [4] * 8]
-    # evaluation was sharded: 3 batches per task, one process answers 2 (one of them a filler)
-    evaluations = 3 * 2  # zero-shot + two steps, two tasks each
-    assert len(calls) == 3 * evaluations
-    assert [len(c) for c, _ in per_rank] == [2 * evaluations, 2 * evaluations]
     # only the first process wrote the run's files
     assert _files(out_two) == _files(out_one)
+
+
+def test_two_processes_match_one(single):
+    out_two = single.tmp / "two" / "run"
+    per_rank = _launch(TORCHRUN, single.driver, single.config, out_two)
+    _matches_one(single, out_two)
+    assert [kind for _, _, kind in per_rank] == [["DistributedDataParallel"]] * 2
+    # training was split: each process took half of every batch of 8, for 2 tasks x 2 epochs
+    assert [trained for _, trained, _ in per_rank] == [[4] * 8, [4] * 8]
+    # evaluation was sharded: 3 batches per task, one process answers 2 (one of them a filler)
+    evaluations = 3 * 2  # zero-shot + two steps, two tasks each
+    assert len(single.calls) == 3 * evaluations
+    assert [len(c) for c, _, _ in per_rank] == [2 * evaluations, 2 * evaluations]
+
+
+def test_fsdp_matches_one_and_resumes(single):
+    """FSDP2 through accelerate with the shipped config (2 processes, no mixed precision on a
+    CPU): the model is sharded while it trains, and whole again for evaluation and the
+    checkpoints; a run resumed from the first task's checkpoint ends as the whole run."""
+    out = single.tmp / "fsdp" / "run"
+    per_rank = _launch(_accelerate_launch("fsdp.yaml"), single.driver, single.config, out)
+    assert [kind for _, _, kind in per_rank] == [[FSDP_MODEL]] * 2
+    assert [trained for _, trained, _ in per_rank] == [[4] * 8, [4] * 8]
+    _matches_one(single, out)
+
+    # Resume after the first task (the second one's step and results never written), this
+    # time under torchrun with accelerate's FSDP variables.
+    resumed = single.tmp / "fsdp-resumed" / "run"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step1")
+    (resumed / "checkpoints" / "latest.json").write_text('{"step": 0}')
+    (resumed / "results.json").unlink()
+    shutil.rmtree(resumed / "predictions" / "step1")
+    env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    per_rank = _launch(TORCHRUN, single.driver, single.config, resumed, "--resume", env=env)
+    assert [kind for _, _, kind in per_rank] == [[FSDP_MODEL]] * 2
+    assert [trained for _, trained, _ in per_rank] == [[4] * 4, [4] * 4]  # the second task only
+    _matches_one(single, resumed)
+
+
+def test_deepspeed_zero2_matches_one(single):
+    """DeepSpeed ZeRO-2 through accelerate with the shipped config, on DeepSpeed's CPU
+    accelerator (its first use on a machine builds a small C++ op, about a minute)."""
+    pytest.importorskip("deepspeed")
+    out = single.tmp / "zero2" / "run"
+    launch = _accelerate_launch("deepspeed-zero2.yaml")
+    per_rank = _launch(launch, single.driver, single.config, out)
+    assert [kind for _, _, kind in per_rank] == [["DeepSpeedEngine"]] * 2
+    assert [trained for _, trained, _ in per_rank] == [[4] * 8, [4] * 8]
+    _matches_one(single, out)

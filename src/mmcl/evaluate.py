@@ -43,9 +43,9 @@ def evaluate_task(
     records = sorted(task.test, key=lambda r: (len(r.prompt), r.id))
     batches = [records[s : s + batch_size] for s in range(0, len(records), batch_size)]
     # Under torchrun/accelerate, process k answers batches k, k + n, ... (the very batches of
-    # one process, hence the same answers). All make the same number of calls, since sharded
-    # models (FSDP, ZeRO-3) generate in lockstep: one out of batches repeats the last and
-    # drops its answers.
+    # one process, hence the same answers). All make the same number of calls, since a sharded
+    # model (ZeRO-3; FSDP's model is whole again after training, see train.py) generates in
+    # lockstep: one out of batches repeats the last and drops its answers.
     dist = process_state()
     rank, world = dist.process_index, dist.num_processes
     answered: list[tuple[str, str, str | None]] = []

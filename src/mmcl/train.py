@@ -2,10 +2,18 @@
 
 It trains whatever parameters have requires_grad set (the method decides), adds the method's
 extra loss terms to the answer-token loss, and reports samples/s.
+
+Under FSDP (FSDP2: `fully_shard`, which shards modules in place) the sharding lives only while
+a task trains: accelerate shards a shell of the model (its own modules, the model's tensors),
+and at the end the trained weights are gathered whole into the model. Between tasks every
+process holds the plain, whole model, as under DDP, so evaluation, the methods' hooks and
+checkpoints need not know about sharding.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -13,9 +21,16 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    parse_flag_from_env,
+)
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
@@ -54,12 +69,46 @@ class TrainStats:
 def _accelerator(grad_accum: int) -> Accelerator:
     # split_batches: `batch_size` is the global batch, split across processes, so N processes
     # take the same optimisation steps as one. Unused parameters: routed adapters and experts.
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),
+    # Without CUDA, cpu=True makes processes talk over gloo, but it also turns DeepSpeed off;
+    # DeepSpeed runs on CPUs by itself (its CPU accelerator, gloo), so it is not told.
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
         gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if acc.distributed_type == DistributedType.MULTI_CPU and parse_flag_from_env(
+        "ACCELERATE_USE_FSDP"
+    ):
+        # accelerate turns FSDP on for GPUs only and falls back to DDP on CPUs without a word;
+        # FSDP2 runs on CPU processes too (gloo), which lets the CPU tests check it.
+        acc.state.distributed_type = DistributedType.FSDP
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    if acc.distributed_type == DistributedType.FSDP:
+        plugin = acc.state.fsdp_plugin
+        if plugin.fsdp_version != 2 or plugin.cpu_ram_efficient_loading:
+            raise MmclError(
+                "FSDP: mmcl needs fsdp_version: 2 and fsdp_cpu_ram_efficient_loading: false "
+                "(every process loads the whole model; see configs/accelerate/fsdp.yaml)"
+            )
+    return acc
+
+
+def _shell(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s module tree holding the very same parameters and buffers, for FSDP2
+    to shard in place while `model` stays whole."""
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo=shared)
+
+
+def _gather_trained(shell: nn.Module, model: nn.Module) -> None:
+    """Copy the trained (sharded) weights of `shell` whole into `model`, on every process (a
+    collective: all processes call it)."""
+    options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+    trained = get_model_state_dict(shell, options=options)
+    unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
+    if unexpected:
+        raise MmclError(f"FSDP: trained weights the model does not have: {unexpected[:5]}")
 
 
 def train(
@@ -96,7 +145,12 @@ def train(
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
     plain = backbone.model
-    backbone.model, opt, loader, sched = acc.prepare(plain, opt, loader, sched)
+    sharded = acc.distributed_type == DistributedType.FSDP
+    backbone.model, opt, loader, sched = acc.prepare(
+        _shell(plain) if sharded else plain, opt, loader, sched
+    )
+    backbone.plain = plain
+    clipped = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the shards
     backbone.model.train()
     torch.manual_seed(seed)  # dropout and any sampling inside the step
     done, seen, loss_ema, t0 = 0, 0, float("nan"), time.perf_counter()
@@ -127,8 +181,14 @@ def train(
                             for term in method.loss(batch, out).values():
                                 loss = loss + term
                         acc.backward(loss)
+                        if sharded and done == 0 and any(p.grad is not None for p in params):
+                            raise MmclError(
+                                f"{desc}: the {method.name if method else 'training'} loss "
+                                "reads weights outside the model's forward pass, which FSDP "
+                                "cannot shard; train it with DDP or DeepSpeed ZeRO-2"
+                            )
                         if acc.sync_gradients:
-                            acc.clip_grad_norm_(params, settings.max_grad_norm)
+                            acc.clip_grad_norm_(clipped, settings.max_grad_norm)
                         opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
@@ -148,7 +208,9 @@ def train(
                         )
                     if done >= n_batches:
                         break
+        if sharded:
+            _gather_trained(backbone.model, plain)
     finally:
-        backbone.model = plain
+        backbone.model, backbone.plain = plain, None
         backbone.model.eval()
     return TrainStats(seen, time.perf_counter() - t0, loss_ema)

@@ -120,6 +120,9 @@ class Backbone(ABC):
     def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):
         self.core = core
         self.model: nn.Module = core
+        # While a task trains, `model` is what accelerate made of the model (a DDP wrapper, or
+        # under FSDP a sharded copy) and `plain` the model itself; otherwise None.
+        self.plain: nn.Module | None = None
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
 

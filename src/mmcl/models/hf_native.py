@@ -241,8 +241,8 @@ class HFNativeBackbone(Backbone):
             attention_mask=batch.attention_mask,
             **batch.media,
             generation_config=config,
-            # Several processes step together until all are done: sharded weights (FSDP,
-            # ZeRO-3) are gathered at every step. The evaluator makes equal numbers of calls.
+            # Several processes step together until all are done: sharded weights (ZeRO-3)
+            # are gathered at every step. The evaluator makes equal numbers of calls.
             synced_gpus=process_state().num_processes > 1,
             **kw,
         )
