@@ -215,3 +215,30 @@ def test_deepspeed_zero2_matches_one(single):
     assert [kind for _, _, kind in per_rank] == [["DeepSpeedEngine"]] * 2
     assert [trained for _, trained, _ in per_rank] == [[4] * 8, [4] * 8]
     _matches_one(single, out)
+
+
+def test_a_launch_with_an_empty_cache_trains_the_base_alone(tmp_path, monkeypatch):
+    """The embedded base is trained by one process outside the launch (inside it, its training
+    waited for processes that wait for it: a hang); the launch then runs as one process does."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MMCL_CACHE", str(cache))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "benchmark: ability\ntasks: [ocr, gui]\nmodel: {preset: micro}\n"
+        "data: {train_size: 16, test_size: 4}\n"
+        "train: {epochs: 1, batch_size: 8}\neval: {batch_size: 2, max_new_tokens: 4}\n"
+    )
+    out_two = tmp_path / "two" / "run"
+    proc = subprocess.run(
+        [*TORCHRUN, "-m", "mmcl.cli", "run", "--config", str(config), "--out", str(out_two)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((cache / "base").iterdir())) == 1
+    one = Run(load_config(config), tmp_path / "one" / "run").execute()
+    two = json.loads((out_two / "results.json").read_text())
+    for key in ("counts", "zero_shot", "accuracy_matrix", "metrics"):
+        assert two[key] == one[key], key

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,6 +108,27 @@ def end_processes() -> None:
     at interpreter exit can abort a process ("terminate called without an active exception")."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+# What torchrun and accelerate launch tell their processes; a child without them runs alone.
+_LAUNCH_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "FSDP_", "PET_")
+_LAUNCH_VARS = {
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+    "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+}  # fmt: skip
+
+
+def run_alone(code: str, what: str) -> None:
+    """Run Python `code` in a child process outside any torchrun/accelerate launch (one
+    process, no process group); raise with the end of its stderr if it fails."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _LAUNCH_VARS and not k.startswith(_LAUNCH_PREFIXES)
+    }
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise MmclError(f"{what} failed in its own process:\n{proc.stderr[-3000:]}")
 
 
 def process_state() -> PartialState:
