@@ -205,6 +205,19 @@ def test_fsdp_matches_one_and_resumes(single):
     _matches_one(single, resumed)
 
 
+def test_fsdp_trains_unifier_as_one_process(single):
+    """UNIFIER's vision branches run from hooks on the vision FFNs; under FSDP the sharded copy
+    of the model runs its own copies of them, and the VCC loss reads those."""
+    config = single.tmp / "unifier.yaml"
+    config.write_text(single.config.read_text().replace("name: lora-ft", "name: unifier"))
+    out_one = single.tmp / "unifier-one" / "run"
+    one = Run(load_config(config), out_one).execute()
+    out = single.tmp / "unifier-fsdp" / "run"
+    per_rank = _launch(_accelerate_launch("fsdp.yaml"), single.driver, config, out)
+    assert [kind for _, _, kind in per_rank] == [[FSDP_MODEL]] * 2
+    _matches_one(SimpleNamespace(results=one, out=out_one), out)
+
+
 def test_deepspeed_zero2_matches_one(single):
     """DeepSpeed ZeRO-2 through accelerate with the shipped config, on DeepSpeed's CPU
     accelerator (its first use on a machine builds a small C++ op, about a minute)."""

@@ -18,7 +18,9 @@ Ablations: `vre: false` keeps one shared branch trained on every scenario; `vcc`
 it with frozen snapshots of itself taken after each earlier scenario (VCC without expansion:
 the per-scenario representations are the snapshots, used in the loss only). The language
 model is tuned with one LoRA, as in lora-ft. The modules live inside the vision blocks of
-`backbone.core` (registered as `<block>.vre`), so the runner checkpoints them by name.
+`backbone.core` (registered as `<block>.mlp.vre`, run by a hook on the FFN that finds them
+there), so the runner checkpoints them by name, and a copy of the model (FSDP's sharded one,
+see train.py) runs its own copies of them.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ def consistency_loss(branches: list[torch.Tensor], fused: torch.Tensor, tau: flo
     return pulled + profile_kl(proto, fused, tau)
 
 
+def _add_expansion(ffn: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of a vision block's FFN: add its VRE module's output to the FFN's."""
+    return output + ffn.vre(args[0]) if len(ffn.vre.branches) else output
+
+
 def _ffn(block: nn.Module) -> nn.Module:
     ffn = getattr(block, "mlp", None)
     if not isinstance(ffn, nn.Module):
@@ -141,19 +148,12 @@ class Unifier(Method):
             first = next(m for m in ffn.modules() if isinstance(m, nn.Linear))
             vre = VisionExpansion(first.in_features, self.opts.rank, first.weight.dtype)
             vre.record = self.opts.vcc
-            block.add_module("vre", vre)
-            ffn.register_forward_hook(self._hook(vre))
+            ffn.add_module("vre", vre)
+            ffn.register_forward_hook(_add_expansion)
             self.vres.append(vre)
         self.branch_of: dict[str, int] = {}  # scenario -> its branch (training only)
         self.snapshots: dict[str, list[dict[str, torch.Tensor]]] = {}  # vre=False: per layer
         self.current: str | None = None
-
-    @staticmethod
-    def _hook(vre: VisionExpansion):
-        def add_expansion(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            return output + vre(args[0]) if len(vre.branches) else output
-
-        return add_expansion
 
     def _add_branch(self) -> None:
         for vre in self.vres:
@@ -180,7 +180,9 @@ class Unifier(Method):
         if not self.opts.vcc:
             return {}
         terms = []
-        for i, vre in enumerate(self.vres):
+        # The modules of the model that ran, which under FSDP are copies of self.vres.
+        running = [m for m in self.backbone.model.modules() if isinstance(m, VisionExpansion)]
+        for i, vre in enumerate(running):
             if vre.cache is None:
                 continue
             x, outs, fused = vre.cache

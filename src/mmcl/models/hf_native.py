@@ -123,7 +123,14 @@ class HFNativeBackbone(Backbone):
                 "vision encoder need (unifier), do not exist; use a LLaVA-style model "
                 "(CLIP/SigLIP vision tower) or the composed backbone"
             )
-        return list(self._blocks)
+        # LLaVA-style models feed the LM an earlier block's output (`vision_feature_layer`, an
+        # index into the hidden states, whose first is the embeddings; -2 for LLaVA-1.5), so
+        # the blocks after it are not part of the model: nothing trains through them.
+        n = len(self._blocks)
+        layer = getattr(self.core.config, "vision_feature_layer", None)
+        layers = [] if layer is None else layer if isinstance(layer, list | tuple) else [layer]
+        used = max((k if k >= 0 else n + 1 + k for k in layers), default=n)
+        return list(self._blocks)[:used]
 
     # --- prompts ----------------------------------------------------------------------------
     def _render(self, messages: list[dict], generation: bool) -> str:
