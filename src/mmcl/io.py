@@ -120,15 +120,14 @@ _LAUNCH_VARS = {
 
 def run_alone(code: str, what: str) -> None:
     """Run Python `code` in a child process outside any torchrun/accelerate launch (one
-    process, no process group); raise with the end of its stderr if it fails."""
+    process, no process group), its output shown as it comes; raise if it fails."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in _LAUNCH_VARS and not k.startswith(_LAUNCH_PREFIXES)
     }
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise MmclError(f"{what} failed in its own process:\n{proc.stderr[-3000:]}")
+    if subprocess.run([sys.executable, "-c", code], env=env).returncode:
+        raise MmclError(f"{what} failed in its own process (its output is above)")
 
 
 def process_state() -> PartialState:
