@@ -73,9 +73,8 @@ def _predictions(folder: Path) -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def _launch(cmd: list[str], *args: str | Path, env: dict | None = None) -> list[list]:
-    """Run the driver under a launcher; return each process's [generate calls, train batch
-    sizes, class names of the model that trained]."""
+def _run(cmd: list[str], *args: str | Path, env: dict | None = None) -> None:
+    """Run a launcher command (one thread per process) and check that it succeeded."""
     proc = subprocess.run(
         [*cmd, *map(str, args)],
         capture_output=True,
@@ -84,6 +83,12 @@ def _launch(cmd: list[str], *args: str | Path, env: dict | None = None) -> list[
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _launch(cmd: list[str], *args: str | Path, env: dict | None = None) -> list[list]:
+    """Run the driver under a launcher; return each process's [generate calls, train batch
+    sizes, class names of the model that trained]."""
+    _run(cmd, *args, env=env)
     out = Path(args[2])
     return [json.loads((out.parent / f"calls-rank{r}.json").read_text()) for r in (0, 1)]
 
@@ -242,14 +247,7 @@ def test_a_launch_with_an_empty_cache_trains_the_base_alone(tmp_path, monkeypatc
         "train: {epochs: 1, batch_size: 8}\neval: {batch_size: 2, max_new_tokens: 4}\n"
     )
     out_two = tmp_path / "two" / "run"
-    proc = subprocess.run(
-        [*TORCHRUN, "-m", "mmcl.cli", "run", "--config", str(config), "--out", str(out_two)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run(TORCHRUN, "-m", "mmcl.cli", "run", "--config", config, "--out", out_two)
     assert len(list((cache / "base").iterdir())) == 1
     one = Run(load_config(config), tmp_path / "one" / "run").execute()
     two = json.loads((out_two / "results.json").read_text())

@@ -9,7 +9,7 @@ import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -118,16 +118,20 @@ _LAUNCH_VARS = {
 }  # fmt: skip
 
 
-def run_alone(code: str, what: str) -> None:
-    """Run Python `code` in a child process outside any torchrun/accelerate launch (one
-    process, no process group), its output shown as it comes; raise if it fails."""
+def run_alone(fn: Callable[..., Any], *args: Any) -> None:
+    """Call `fn(*args)` in a child process outside any torchrun/accelerate launch (one process,
+    no process group), its output shown as it comes; raise if it fails. For the cached base
+    models: under a launch only the first process builds them while the others wait for it
+    (runner: main_process_first), so training inside the launch would wait on collectives
+    that they never join."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in _LAUNCH_VARS and not k.startswith(_LAUNCH_PREFIXES)
     }
+    code = f"from {fn.__module__} import {fn.__name__} as fn; fn(*{args!r})"
     if subprocess.run([sys.executable, "-c", code], env=env).returncode:
-        raise MmclError(f"{what} failed in its own process (its output is above)")
+        raise MmclError(f"{fn.__name__}{args} failed in its own process (its output is above)")
 
 
 def process_state() -> PartialState:

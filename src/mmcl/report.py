@@ -42,9 +42,10 @@ def _mean_over_tasks(extras: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: sum(s.get(k, 0.0) for s in extras.values()) / len(extras) for k in keys}
 
 
-def _extras_table(extras: dict[str, dict[str, float]]) -> str:
-    keys = sorted({k for scores in extras.values() for k in scores})
-    return _table(["task", *keys], [[t, *[s.get(k, "") for k in keys]] for t, s in extras.items()])
+def _scores_table(label: str, rows: list[tuple[str, dict[str, float]]]) -> str:
+    """A table of named rows of scores, one column per score any row has."""
+    keys = sorted({k for _, scores in rows for k in scores})
+    return _table([label, *keys], [[n, *[s.get(k, "") for k in keys]] for n, s in rows])
 
 
 def write_report(out: Path, res: dict[str, Any]) -> None:
@@ -79,7 +80,8 @@ def write_report(out: Path, res: dict[str, Any]) -> None:
     ]
     extras = final_extras(res)
     if extras:
-        parts += ["## Other scores after the last step", "", _extras_table(extras), ""]
+        table = _scores_table("task", list(extras.items()))
+        parts += ["## Other scores after the last step", "", table, ""]
     if "routing" in res:
         parts += [
             "## Routing accuracy (%, last step)",
@@ -174,8 +176,7 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
     )
     means = [(r["method"], _mean_over_tasks(r["final_extra"])) for r in rows if "final_extra" in r]
     if means:
-        keys = sorted({k for _, m in means for k in m})
-        table = _table(["method", *keys], [[n, *[m.get(k, "") for k in keys]] for n, m in means])
+        table = _scores_table("method", means)
         text += f"\n## Other scores after the last task (mean over tasks)\n\n{table}\n"
     return text
 

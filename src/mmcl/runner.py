@@ -10,7 +10,6 @@ the next commit, and resume falls back to it when the newest one is corrupt or p
 
 from __future__ import annotations
 
-import importlib
 import logging
 import platform
 import shutil
@@ -31,7 +30,6 @@ from mmcl.io import (
     load_tensors,
     process_state,
     read_json,
-    run_alone,
     save_tensors,
     seed_everything,
     write_json,
@@ -72,22 +70,14 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         from mmcl.models.pretrained import load_pretrained_parts
 
         return load_pretrained_parts(cfg.model)
-    # The embedded base, trained once and cached; audio/video streams get the image base
-    # extended with its own encoders (cached apart).
-    media = any(t.spec.modality != "image" for t in tasks or [])
-    module, builder = (
-        ("mmcl.models.media_pretrain", "media_backbone")
-        if media
-        else ("mmcl.models.tiny", "pretrained_backbone")
-    )
-    preset, state = cfg.model.preset, process_state()
-    if state.num_processes > 1 and state.is_main_process:
-        # Under a launch, a base that is not cached yet must be trained by one process alone:
-        # training inside the launch would wait for the other processes, which wait for this
-        # one (runner: main_process_first). A child outside the launch fills the cache.
-        code = f"from {module} import {builder}; {builder}({preset!r}, seed=0)"
-        run_alone(code, f"training the {preset!r} base model")
-    return getattr(importlib.import_module(module), builder)(preset, seed=0)
+    if any(t.spec.modality != "image" for t in tasks or []):
+        # Audio/video streams get the image base extended with its own encoders (cached apart).
+        from mmcl.models.media_pretrain import media_backbone
+
+        return media_backbone(cfg.model.preset, seed=0)
+    from mmcl.models.tiny import pretrained_backbone
+
+    return pretrained_backbone(cfg.model.preset, seed=0)
 
 
 def is_main_process() -> bool:

@@ -127,10 +127,9 @@ class HFNativeBackbone(Backbone):
         # index into the hidden states, whose first is the embeddings; -2 for LLaVA-1.5), so
         # the blocks after it are not part of the model: nothing trains through them.
         n = len(self._blocks)
-        layer = getattr(self.core.config, "vision_feature_layer", None)
-        layers = [] if layer is None else layer if isinstance(layer, list | tuple) else [layer]
-        used = max((k if k >= 0 else n + 1 + k for k in layers), default=n)
-        return list(self._blocks)[:used]
+        layer = getattr(self.core.config, "vision_feature_layer", -1)
+        layers = layer if isinstance(layer, list | tuple) else [layer]
+        return list(self._blocks)[: max(k if k >= 0 else n + 1 + k for k in layers)]
 
     # --- prompts ----------------------------------------------------------------------------
     def _render(self, messages: list[dict], generation: bool) -> str:

@@ -35,7 +35,16 @@ from mmcl.data.media import AUDIO_RATE, VIDEO_FRAMES, load_audio, read_video, sa
 from mmcl.data.synth.draw import COLOURS, SHAPES
 from mmcl.data.synth.media import DIRECTIONS, SOUND_KINDS, SPEED_CELLS
 from mmcl.errors import MmclError
-from mmcl.io import cache_dir, load_tensors, save_tensors, seed_everything, stable_hash, write_json
+from mmcl.io import (
+    cache_dir,
+    load_tensors,
+    process_state,
+    run_alone,
+    save_tensors,
+    seed_everything,
+    stable_hash,
+    write_json,
+)
 from mmcl.models.composed import ComposedBackbone, image_tensor, projector
 from mmcl.models.pretrained import WhisperTower
 from mmcl.models.tiny import base_key, get_preset, pretrained_backbone
@@ -335,6 +344,9 @@ def media_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBackbone
         state.update(load_tensors(weights))
         backbone.load_state_dict(state)
         return backbone
+    if process_state().num_processes > 1:  # trained outside the launch (see run_alone)
+        run_alone(media_backbone, preset_name, seed)
+        return media_backbone(preset_name, seed)
     info = extend_modalities(backbone, preset_name, seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "info.json", {"sizes": asdict(MEDIA_SIZES[preset_name]), **info})

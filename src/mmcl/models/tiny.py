@@ -30,7 +30,16 @@ from transformers import (
 from mmcl.data.synth import sample_rng
 from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word, make_scene
 from mmcl.errors import MmclError
-from mmcl.io import cache_dir, load_tensors, save_tensors, seed_everything, stable_hash, write_json
+from mmcl.io import (
+    cache_dir,
+    load_tensors,
+    process_state,
+    run_alone,
+    save_tensors,
+    seed_everything,
+    stable_hash,
+    write_json,
+)
 from mmcl.models.composed import ComposedBackbone, ComposedMLLM, VisionTower, load_image, projector
 from mmcl.train import TrainSettings
 
@@ -299,6 +308,9 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
         backbone = build_backbone(preset, tokenizer, seed)
         backbone.load_state_dict(load_tensors(weights))
         return backbone
+    if process_state().num_processes > 1:  # trained outside the launch (see run_alone)
+        run_alone(pretrained_backbone, preset_name, seed)
+        return pretrained_backbone(preset_name, seed)
     tokenizer = train_tokenizer(preset.vocab_size)
     backbone = build_backbone(preset, tokenizer, seed)
     (task,) = PRETRAIN.load(seed, train_size=preset.vision_samples, test_size=50)
