@@ -9,11 +9,23 @@ question types, and differ in how the scene looks:
 
 Objects sit in the cells of the 4 x 4 grid of 16 px cells (one object per cell, of a size that
 varies with the scenario), which is what the embedded model's vision encoder was pretrained on.
-Question types (record meta "qtype"): existence (yes/no), counting (a number), category (a
-shape), colour, position ("row two column three") and grounding. A grounding answer lists the
-boxes of every matching object (one or two) as text in grid-cell units, x = column and
-y = row, corners on cell boundaries: the object in row r, column c is "[c,r,c+1,r+1]"
-(multiply by 16 for pixels); see metrics.format_boxes / parse_boxes.
+A scene holds zero to three coloured targets among black clutter, and every question is about
+the targets, as in target search from drones or underwater robots. Question types (record meta
+"qtype"): existence ("is there a coloured circle?"), counting (of the targets), category and
+colour (of the one target), position ("row two column three") and grounding: the boxes of the
+one or two targets as text in grid-cell units, x = column and y = row, corners on cell
+boundaries: the object in row r, column c is "[c,r,c+1,r+1]" (multiply by 16 for pixels); see
+metrics.format_boxes / parse_boxes.
+
+Why targets and fixed questions: questions that pick an object by its position words ("what
+colour is the object at row two column three?") were not learned by the embedded 5M LM from a
+few hundred samples per task: every method scored 30-32 on the 5-step protocol, and joint
+training about one point more. Asked about the targets, the embedded model reads their colour
+through each look, and how well depends on the look and on the method. It still gives the most
+common answer to the other types: its vision encoder tells shapes apart poorly under most
+looks, and its image tokens carry no position (a linear probe finds a token's cell 8% of the
+time), so existence, counting, category, position and grounding stay near their majority or
+chance level on it.
 
 A task is one visit of a scenario with all question types; revisits are separate tasks named
 `<scenario>_<n>` (n >= 2) whose samples come from their own random streams (fresh data).
@@ -52,9 +64,13 @@ def _coords() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _place(rng: np.random.Generator, cells: list[tuple[int, int]], n: int) -> list[Obj]:
-    """`n` objects in distinct cells; few colours per scene so that counts above 1 are common."""
-    colours = _pick(rng, list(OBJECT_COLOURS), 3)
-    return [(r, c, _pick(rng, SHAPES), _pick(rng, colours)) for r, c in _pick(rng, cells, n)]
+    """`n` objects in distinct cells: zero to three coloured targets, the rest black clutter."""
+    k = min(n, int(rng.choice(4, p=(0.1, 0.5, 0.3, 0.1))))
+    colours = [_pick(rng, list(OBJECT_COLOURS)) for _ in range(k)] + ["black"] * (n - k)
+    return [
+        (r, c, _pick(rng, SHAPES), col)
+        for (r, c), col in zip(_pick(rng, cells, n), colours, strict=True)
+    ]
 
 
 # --- the four looks -----------------------------------------------------------------------------
@@ -158,51 +174,28 @@ SCENARIOS = {
 
 
 # --- questions ----------------------------------------------------------------------------------
-def _plural(shape: str) -> str:
-    return shape + ("es" if shape.endswith("s") else "s")
-
-
 def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[str, str] | None:
-    """(question, answer) of a type about the scene, or None if the scene cannot ask it."""
-    kinds = [(s, c) for _, _, s, c in objs]
+    """(question, answer) of a type about the scene's targets, or None if it cannot be asked."""
+    targets = sorted(o for o in objs if o[3] != "black")  # reading order
     if qtype == "existence":
-        if rng.random() < 0.5:
-            shape, colour = _pick(rng, kinds)
-        else:
-            absent = [(s, c) for s in SHAPES for c in OBJECT_COLOURS if (s, c) not in kinds]
-            shape, colour = _pick(rng, absent)
-        article = "an" if colour[0] in "aeiou" else "a"
-        answer = "yes" if (shape, colour) in kinds else "no"
-        return f"does {article} {colour} {shape} exist in the scene?", answer
+        shape = _pick(rng, SHAPES)
+        answer = "yes" if any(o[2] == shape for o in targets) else "no"
+        return f"is there a coloured {shape} in the scene?", answer
     if qtype == "counting":
-        if rng.random() < 0.5:
-            shape = _pick(rng, [s for s, _ in kinds])
-            n = sum(s == shape for s, _ in kinds)
-            return f"how many {_plural(shape)} are there?", str(n)
-        colour = _pick(rng, [c for _, c in kinds])
-        return f"how many {colour} objects are there?", str(sum(c == colour for _, c in kinds))
-    r, c, shape, colour = objs[int(rng.integers(0, len(objs)))]
-    if qtype == "category":
-        return f"what category is the object at {position_name(r, c)}?", shape
-    if qtype == "colour":
-        return f"what colour is the object at {position_name(r, c)}?", colour
-    if qtype == "position":
-        if kinds.count((shape, colour)) > 1:
+        return "how many coloured objects are there?", str(len(targets))
+    if qtype == "grounding":
+        if not 1 <= len(targets) <= 2:
             return None
-        return f"where is the {colour} {shape}?", position_name(r, c)
-    # grounding: every object of a shape, or of a colour and shape; one or two of them
-    queries = [(s, None) for s in {s for s, _ in kinds}] + [(s, c) for s, c in set(kinds)]
-    queries = [q for q in sorted(queries, key=str) if 1 <= sum(_matches(o, *q) for o in objs) <= 2]
-    if not queries:
+        boxes = [(c, r, c + 1, r + 1) for r, c, _, _ in targets]
+        return "locate the coloured objects. answer with bounding boxes.", format_boxes(boxes)
+    if len(targets) != 1:
         return None
-    shape, colour = _pick(rng, queries)
-    boxes = [(o[1], o[0], o[1] + 1, o[0] + 1) for o in sorted(objs) if _matches(o, shape, colour)]
-    target = f"{colour} {_plural(shape)}" if colour else _plural(shape)
-    return f"locate all {target}. answer with bounding boxes.", format_boxes(boxes)
-
-
-def _matches(obj: Obj, shape: str, colour: str | None) -> bool:
-    return obj[2] == shape and (colour is None or obj[3] == colour)
+    r, c, shape, colour = targets[0]
+    if qtype == "category":
+        return "what category is the coloured object?", shape
+    if qtype == "colour":
+        return "what colour is the coloured object?", colour
+    return "where is the coloured object?", position_name(r, c)
 
 
 def scenario_maker(scenario: str):
