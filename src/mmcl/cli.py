@@ -60,13 +60,11 @@ def run(
 
     cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset))
     res = Run(cfg, out).execute(resume=resume)
-    main = is_main_process()
+    if is_main_process():  # under torchrun/accelerate the first process reports
+        console.print(matrix_markdown(res))
+        console.print({k: round(v, 2) for k, v in res["metrics"].items()})
+        console.print(f"results: {out / 'results.json'}")
     end_processes()
-    if not main:  # under torchrun/accelerate the first process reports
-        return
-    console.print(matrix_markdown(res))
-    console.print({k: round(v, 2) for k, v in res["metrics"].items()})
-    console.print(f"results: {out / 'results.json'}")
 
 
 def compare_methods(
