@@ -108,8 +108,8 @@ def end_processes() -> None:
     close the process group, and exit without running interpreter teardown. A launched process
     that exits normally, even with its group closed, aborts now and then in C++ teardown
     ("terminate called without an active exception", SIGABRT: 2 of 22 CPU runs with DeepSpeed,
-    and an FSDP2 run of the test suite), and the launcher then reports the whole run as failed. Every
-    file is written and closed before this. Outside a launch it does nothing."""
+    and an FSDP2 run of the test suite), and the launcher then reports the whole run as
+    failed. Every file is written and closed before this. Outside a launch it does nothing."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     torch.distributed.barrier()
