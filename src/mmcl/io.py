@@ -127,12 +127,15 @@ _LAUNCH_VARS = {
 }  # fmt: skip
 
 
-def run_alone(fn: Callable[..., Any], *args: Any) -> None:
-    """Call `fn(*args)` in a child process outside any torchrun/accelerate launch (one process,
-    no process group), its output shown as it comes; raise if it fails. For the cached base
-    models: under a launch only the first process builds them while the others wait for it
-    (runner: main_process_first), so training inside the launch would wait on collectives
-    that they never join."""
+def run_alone(fn: Callable[..., Any], *args: Any) -> bool:
+    """Under a torchrun/accelerate launch, call `fn(*args)` in a child process outside it (one
+    process, no process group), its output shown as it comes, and return True; raise if it
+    fails. Outside a launch do nothing and return False. For the cached base models: under a
+    launch only the first process builds them while the others wait for it (runner:
+    main_process_first), so training inside the launch would wait on collectives that they
+    never join."""
+    if process_state().num_processes == 1:
+        return False
     env = {
         k: v
         for k, v in os.environ.items()
@@ -141,6 +144,7 @@ def run_alone(fn: Callable[..., Any], *args: Any) -> None:
     code = f"from {fn.__module__} import {fn.__name__} as fn; fn(*{args!r})"
     if subprocess.run([sys.executable, "-c", code], env=env).returncode:
         raise MmclError(f"{fn.__name__}{args} failed in its own process (its output is above)")
+    return True
 
 
 def process_state() -> PartialState:

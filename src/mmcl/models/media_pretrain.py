@@ -38,7 +38,6 @@ from mmcl.errors import MmclError
 from mmcl.io import (
     cache_dir,
     load_tensors,
-    process_state,
     run_alone,
     save_tensors,
     seed_everything,
@@ -335,18 +334,18 @@ def media_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBackbone
     """The image base of a preset extended to audio and video: from the cache, or trained once."""
     if preset_name not in MEDIA_SIZES:
         raise MmclError(f"preset {preset_name!r} has no audio/video sizes; use {list(MEDIA_SIZES)}")
-    backbone = pretrained_backbone(preset_name, seed)
     folder = cache_dir() / "base" / f"{preset_name}-av-{media_key(preset_name, seed)}"
     weights = folder / "media.safetensors"
+    # Under a launch, a miss is trained outside it, before this process loads any base.
+    if not weights.exists() and run_alone(media_backbone, preset_name, seed):
+        return media_backbone(preset_name, seed)
+    backbone = pretrained_backbone(preset_name, seed)
     if weights.exists():
         add_media_encoders(backbone, preset_name, seed)
         state = backbone.state_dict()
         state.update(load_tensors(weights))
         backbone.load_state_dict(state)
         return backbone
-    if process_state().num_processes > 1:  # trained outside the launch (see run_alone)
-        run_alone(media_backbone, preset_name, seed)
-        return media_backbone(preset_name, seed)
     info = extend_modalities(backbone, preset_name, seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "info.json", {"sizes": asdict(MEDIA_SIZES[preset_name]), **info})

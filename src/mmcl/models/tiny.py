@@ -33,7 +33,6 @@ from mmcl.errors import MmclError
 from mmcl.io import (
     cache_dir,
     load_tensors,
-    process_state,
     run_alone,
     save_tensors,
     seed_everything,
@@ -308,8 +307,7 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
         backbone = build_backbone(preset, tokenizer, seed)
         backbone.load_state_dict(load_tensors(weights))
         return backbone
-    if process_state().num_processes > 1:  # trained outside the launch (see run_alone)
-        run_alone(pretrained_backbone, preset_name, seed)
+    if run_alone(pretrained_backbone, preset_name, seed):  # under a launch: trained outside it
         return pretrained_backbone(preset_name, seed)
     tokenizer = train_tokenizer(preset.vocab_size)
     backbone = build_backbone(preset, tokenizer, seed)
