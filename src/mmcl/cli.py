@@ -100,21 +100,56 @@ def compare(
     methods: Annotated[str, typer.Option(help="comma-separated method names")],
     benchmark: Annotated[str | None, typer.Option(help="benchmark name")] = None,
     config: ConfigOpt = None,
-    seed: SeedOpt = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="comma-separated seeds (default: the config's)")
+    ] = None,
+    orders: Annotated[
+        str,
+        typer.Option(
+            help="a number of task orders (the published ones, then the given order, then "
+            "seeded permutations), or orders separated by ';' (ocr,math,...;gui,...)"
+        ),
+    ] = "1",
     tasks: TasksOpt = None,
     preset: PresetOpt = None,
-    resume: Annotated[bool, typer.Option(help="reuse finished methods in --out")] = False,
+    reference: Annotated[
+        str | None, typer.Option(help="method the others are compared with, cell by cell")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local (a process pool) or ray")] = "local",
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="local pool size (default: cores / threads)")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads (Ray CPUs) per cell")] = 1,
+    gpus: Annotated[float, typer.Option(min=0, help="Ray GPUs per cell")] = 0.0,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: a new local instance)")
+    ] = None,
 ) -> None:
-    """Run several methods on the same stream, order and seed; write comparison.md/.json/.png."""
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    from mmcl.methods import get_method
+    """Run methods x seeds x task orders (cells in parallel; finished cells are kept, killed
+    ones continue); write comparison.md/.json/.html/.png with mean ± std, 95% intervals and
+    paired differences."""
+    from mmcl.grid import GridSpec, parse_seeds, run_grid
 
-    for n in names:  # fail on a typo before hours of training
-        get_method(n)
-    text = compare_methods(
-        names, out, config, _overrides(benchmark, None, seed, tasks, preset), resume
+    spec = GridSpec(
+        out=out,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        seeds=parse_seeds(seeds) if seeds else None,
+        orders=orders,
+        config=config,
+        overrides=_overrides(benchmark, None, None, tasks, preset),
+        reference=reference,
+        executor=executor,
+        workers=workers,
+        threads=threads,
+        gpus=gpus,
+        address=address,
     )
-    console.print(text)
+    res = run_grid(spec, say=lambda line: console.print(line, highlight=False, markup=False))
+    console.print(res.text, markup=False)
+    console.print(f"grid: {res.ran} cell(s) run in {res.seconds:.0f} s; {out / 'comparison.md'}")
+    if res.failed:
+        console.print(f"[red]{len(res.failed)} cell(s) failed; run the command again to retry")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -130,6 +165,12 @@ def demo(
     console.print(text)
     console.print(
         f"demo finished in {time.perf_counter() - t0:.0f} s; report: {out / 'comparison.md'}"
+    )
+    console.print(
+        "One seed and one task order: for mean ± std, intervals and paired differences over "
+        "seeds and orders, run e.g. `mmcl compare --benchmark ability --methods "
+        "lora-ft,mr-lora --seeds 0,1,2 --orders 2 --reference lora-ft --out runs/grid`",
+        markup=False,
     )
 
 

@@ -1,0 +1,171 @@
+"""Methods x seeds x task orders in one command (`mmcl compare`).
+
+Every cell of the grid is an ordinary run folder, `<out>/<method>/seed<s>-order<k>/`, with its
+own results.json, plus cell.json (its configuration) and log.txt (its output). Cells run in
+parallel (executors.py); a finished cell is kept and a killed one continues from its last
+checkpoint when the command is run again; a failed cell is reported with its log and the
+others go on. The aggregate (stats.py) is computed from the cells' results.json files and
+written as comparison.md/.json/.html/.png (report.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcl.config import ExperimentConfig, load_config
+from mmcl.errors import MmclError
+from mmcl.grid.cells import LOG_FILE, Cell, cell_folder, grid_orders
+from mmcl.io import read_json, write_json
+
+
+@dataclass
+class GridSpec:
+    """What `mmcl compare` was asked: the methods, seeds and task orders, where it runs."""
+
+    out: Path
+    methods: list[str]
+    seeds: list[int] | None  # None: the config's seed
+    orders: str = "1"  # a count, or explicit orders separated by ';'
+    config: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
+    executor: str = "local"  # local | ray
+    workers: int | None = None  # local pool size (default: cores / threads)
+    threads: int = 1  # torch threads (and Ray CPUs) per cell
+    gpus: float = 0.0  # Ray GPUs per cell
+    address: str | None = None  # Ray cluster address (None: start a local instance)
+
+
+@dataclass
+class GridOutcome:
+    text: str  # comparison.md
+    cells: int
+    ran: int  # cells run (or continued) by this call
+    failed: list[tuple[Cell, str]]  # cells that failed, with their error
+    seconds: float  # wall time of this call
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` as a list of integers."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise MmclError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
+    """Every cell of the grid, by seed, then order, then method (so that finished cells form
+    complete pairs early), and the task orders."""
+    from mmcl.methods import get_method
+
+    for name in spec.methods:  # fail on a typo before hours of training
+        get_method(name)
+    if spec.reference is not None and spec.reference not in spec.methods:
+        raise MmclError(f"--reference {spec.reference!r} is not among --methods {spec.methods}")
+    base_cfg = load_config(spec.config, spec.overrides)
+    base = base_cfg.tasks or _stream_order(base_cfg)
+    orders = grid_orders(spec.orders, base_cfg.benchmark, base, given=base_cfg.tasks is not None)
+    seeds = spec.seeds if spec.seeds is not None else [base_cfg.seed]
+    if len(set(seeds)) != len(seeds):
+        raise MmclError(f"--seeds: a seed is given twice ({seeds})")
+    cells = []
+    for seed in seeds:
+        for k, order in enumerate(orders):
+            for method in spec.methods:
+                cfg = load_config(
+                    spec.config,
+                    {**spec.overrides, "method.name": method, "seed": seed, "tasks": order},
+                )
+                folder = cell_folder(spec.out, method, seed, k)
+                cells.append(Cell(method, seed, k, folder, cfg.model_dump(mode="json")))
+    return cells, orders
+
+
+def _stream_order(cfg: ExperimentConfig) -> list[str]:
+    from mmcl.data.benchmarks import get_benchmark
+
+    files = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
+    return list(get_benchmark(cfg.benchmark, cfg.data.root, files).order)
+
+
+def warm_caches(cells: list[Cell]) -> None:
+    """Generate each seed's data and build the embedded base model once, here, before cells
+    that would otherwise all build them at the same time."""
+    from mmcl.config import parse_config
+    from mmcl.runner import load_backbone, load_tasks
+
+    done: set[Any] = set()
+    for cell in cells:
+        cfg = parse_config(cell.config)
+        data_key = (cfg.seed, cfg.data.model_dump_json())
+        if data_key not in done:
+            tasks = load_tasks(cfg)
+            done.add(data_key)
+            if cfg.model.backbone == "composed" and ("base", cfg.model.preset) not in done:
+                load_backbone(cfg, tasks)
+                done.add(("base", cfg.model.preset))
+
+
+def run_grid(spec: GridSpec, say: Callable[[str], None] = print) -> GridOutcome:
+    """Run the missing cells of the grid in `spec.out`, then aggregate every finished cell."""
+    from mmcl.grid.executors import default_workers, run_local, run_ray
+    from mmcl.grid.report import write_grid_comparison
+
+    t0 = time.perf_counter()
+    if spec.executor not in ("local", "ray"):
+        raise MmclError(f"unknown --executor {spec.executor!r}; choose local or ray")
+    cells, orders = plan(spec)
+    for cell in cells:
+        cell.claim()
+    write_json(
+        spec.out / "grid.json",
+        {
+            "methods": spec.methods,
+            "seeds": sorted({c.seed for c in cells}),
+            "orders": orders,
+            "reference": spec.reference,
+        },
+    )
+    todo = [c for c in cells if not c.finished]
+    workers = spec.workers or default_workers(spec.threads)
+    if spec.executor == "ray":
+        where = f"Ray ({spec.address or 'a local instance'})"
+    else:
+        where = f"a local pool of {workers} worker(s)"
+    n_seeds = len({c.seed for c in cells})
+    say(
+        f"grid: {len(cells)} cells ({len(spec.methods)} methods x {n_seeds} seeds x "
+        f"{len(orders)} orders); {len(cells) - len(todo)} finished, {len(todo)} to run on "
+        f"{where}, {spec.threads} thread(s) each"
+    )
+    failed: list[tuple[Cell, str]] = []
+    if todo:
+        if spec.executor == "local" or spec.address is None:
+            warm_caches(todo)
+        if spec.executor == "ray":
+            outcomes = run_ray(todo, spec.threads, spec.gpus, spec.address)
+        else:
+            outcomes = run_local(todo, spec.threads, workers)
+        for i, (cell, outcome) in enumerate(outcomes, 1):
+            if outcome["ok"]:
+                m = read_json(cell.folder / "results.json")["metrics"]
+                say(
+                    f"[{i}/{len(todo)}] {cell.name}: MFN {m['mfn']:.2f}, BWT {m['bwt']:.2f} "
+                    f"({outcome['seconds']:.0f} s)"
+                )
+            else:
+                failed.append((cell, outcome["error"]))
+                say(f"[{i}/{len(todo)}] {cell.name} FAILED: {outcome['error']}")
+                say(f"    log: {cell.folder / LOG_FILE}")
+    finished = [c for c in cells if c.finished]
+    results = [read_json(c.folder / "results.json") for c in finished]
+    text = (
+        write_grid_comparison(spec.out, results, orders, spec.reference, failed)
+        if results
+        else "no cell has finished yet"
+    )
+    return GridOutcome(text, len(cells), len(todo), failed, time.perf_counter() - t0)
