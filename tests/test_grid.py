@@ -1,0 +1,257 @@
+"""The seeds x orders grid of `mmcl compare`: orders, statistics, a killed grid continued on the
+local pool, the aggregate recomputed from the cells' files, the same numbers on Ray, and a
+failed cell that does not stop the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mmcl.cli import app
+from mmcl.data.synth.micl import ORDER_1, ORDER_2
+from mmcl.errors import MmclError
+from mmcl.grid.cells import grid_orders
+from mmcl.grid.stats import aggregate, summarize
+
+runner = CliRunner()
+TASKS = ["driving", "science"]  # micro scores are not all zero on these after one epoch
+GRID = ["--methods", "lora-ft,zero-shot", "--seeds", "0,1", "--orders", "2"]
+CELLS = [f"{m}/seed{s}-order{o}" for m in ("lora-ft", "zero-shot") for s in (0, 1) for o in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def grid_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("grid") / "micro.yaml"
+    path.write_text(
+        "benchmark: domain\nmodel: {preset: micro}\ntasks: [driving, science]\n"
+        "data: {train_size: 48, test_size: 12}\ntrain: {epochs: 1, batch_size: 16}\n"
+        "eval: {max_new_tokens: 6}\n"
+    )
+    return path
+
+
+def _compare_args(config: Path, out: Path) -> list[str]:
+    return ["compare", "-c", str(config), *GRID, "--reference", "zero-shot", "--out", str(out)]
+
+
+def _results(out: Path) -> dict[str, dict]:
+    return {c: json.loads((out / c / "results.json").read_text()) for c in CELLS}
+
+
+# --- orders and statistics (no training) ---------------------------------------------------
+def test_orders_published_permuted_and_explicit():
+    base = list(ORDER_1)
+    assert grid_orders("2", "micl-order1", base, given=False) == [list(ORDER_1), list(ORDER_2)]
+    assert grid_orders("1", "micl-order2", list(ORDER_2), given=False) == [list(ORDER_2)]
+    abl = ["ocr", "math", "perception", "gui"]
+    orders = grid_orders("5", "ability", abl, given=False)
+    assert orders[0] == abl and len({tuple(o) for o in orders}) == 5
+    assert all(sorted(o) == sorted(abl) for o in orders)
+    assert grid_orders("5", "ability", abl, given=False) == orders  # seeded
+    # --tasks gave the order: no published order is put before it
+    assert grid_orders("1", "micl-order1", list(ORDER_2), given=True) == [list(ORDER_2)]
+    assert grid_orders("ocr,gui;gui,ocr", "ability", ["ocr", "gui"], given=True) == [
+        ["ocr", "gui"],
+        ["gui", "ocr"],
+    ]
+    with pytest.raises(MmclError, match="order 2 .* not a permutation"):
+        grid_orders("ocr,gui;gui,math", "ability", ["ocr", "gui"], given=True)
+    with pytest.raises(MmclError, match="have only 2"):
+        grid_orders("3", "ability", ["ocr", "gui"], given=True)
+
+
+def test_summary_and_bootstrap_interval():
+    s = summarize([10.0, 20.0, 30.0, 40.0])
+    assert s["n"] == 4 and s["mean"] == 25.0
+    assert s["std"] == pytest.approx(statistics.stdev([10, 20, 30, 40]))
+    lo, hi = s["ci95"]
+    assert 10.0 <= lo < 25.0 < hi <= 40.0
+    assert summarize([7.0]) == {"n": 1, "mean": 7.0, "std": 0.0, "ci95": [7.0, 7.0]}
+
+
+def _fake(method: str, seed: int, tasks: list[str], scores: dict[str, tuple[float, float]]):
+    """A results dict whose task t scores scores[t] = (right after learning, final)."""
+    from mmcl.metrics import continual_metrics
+
+    n = len(tasks)
+    a = [[0.0] * n for _ in range(n)]
+    for i, t in enumerate(tasks):
+        a[i][i] = scores[t][0]
+        a[-1][i] = scores[t][1]
+    zero = [0.0] * n
+    return {
+        "method": method,
+        "seed": seed,
+        "tasks": tasks,
+        "accuracy_matrix": a,
+        "zero_shot": zero,
+        "metrics": continual_metrics(a, zero),
+    }
+
+
+def test_aggregate_aligns_orders_by_name_and_pairs_cells():
+    ab, ba = ["a", "b"], ["b", "a"]
+    results = [
+        _fake("ref", 0, ab, {"a": (80, 40), "b": (90, 90)}),
+        _fake("ref", 0, ba, {"a": (70, 70), "b": (60, 20)}),
+        _fake("new", 0, ab, {"a": (80, 60), "b": (90, 90)}),
+        _fake("new", 0, ba, {"a": (70, 70), "b": (60, 50)}),
+    ]
+    agg = aggregate(results, ab, reference="ref")
+    ref = agg["methods"]["ref"]
+    assert ref["n"] == 2
+    assert ref["tasks"]["a"]["final"]["mean"] == 55.0  # 40 (order a,b) and 70 (order b,a)
+    assert ref["tasks"]["b"]["learned"]["mean"] == 75.0
+    # row "after a": in order b,a that is the last row
+    assert ref["mean_matrix"][0] == [(80 + 70) / 2, (0 + 20) / 2]
+    paired = agg["paired"]["new"]
+    assert paired["n"] == 2 and paired["metrics"]["mfn"]["wins"] == 2
+    assert paired["metrics"]["mfn"]["mean"] == pytest.approx(12.5)  # +10 and +15
+    assert paired["metrics"]["mfn"]["established"]  # interval [10, 15]
+    assert paired["metrics"]["forgetting"]["wins"] == 2  # lower forgetting wins
+    assert paired["metrics"]["mft"]["established"] is False  # all differences 0
+    with pytest.raises(MmclError, match="not an order"):
+        aggregate([*results, _fake("x", 1, ["a", "c"], {"a": (1, 1), "c": (1, 1)})], ab)
+
+
+# --- the grid on the local pool, killed and run again ---------------------------------------
+@pytest.fixture(scope="module")
+def killed_grid(grid_config, tmp_path_factory):
+    """Start the grid in its own process on one worker, kill it (and its worker) while a cell
+    is half-way, then run the same command again to the end."""
+    out = tmp_path_factory.mktemp("pool") / "grid"
+    cmd = [sys.executable, "-m", "mmcl.cli", *_compare_args(grid_config, out), "--workers", "1"]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [c for c in CELLS if (out / c / "results.json").exists()]
+            started = [
+                c
+                for c in CELLS
+                if (out / c / "checkpoints" / "latest.json").exists() and c not in done
+            ]
+            if len(done) >= 2 and started:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stamps = {c: (out / c / "results.json").stat().st_mtime_ns for c in done}
+    res = runner.invoke(app, [*_compare_args(grid_config, out), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    return out, done, started, stamps, res.output
+
+
+def test_killed_grid_runs_only_the_missing_cells(killed_grid, grid_config):
+    out, done, started, stamps, output = killed_grid
+    assert 2 <= len(done) < len(CELLS) and started
+    assert f"{len(done)} finished, {len(CELLS) - len(done)} to run" in output
+    for c in done:  # kept as they were
+        assert (out / c / "results.json").stat().st_mtime_ns == stamps[c]
+    for c in CELLS:
+        assert (out / c / "results.json").exists() and (out / c / "log.txt").exists()
+    again = runner.invoke(app, [*_compare_args(grid_config, out), "--preset", "tiny"])
+    assert again.exit_code != 0  # another configuration for the same folders is refused
+    assert "another configuration" in str(again.exception)
+
+
+def test_aggregate_recomputed_from_the_cells_files(killed_grid):
+    out = killed_grid[0]
+    cmp = json.loads((out / "comparison.json").read_text())
+    cells = _results(out)
+    assert cmp["orders"] == [TASKS, TASKS[::-1]] and cmp["seeds"] == [0, 1]
+    for method in ("lora-ft", "zero-shot"):
+        mine = [r for c, r in cells.items() if c.startswith(method + "/")]
+        got = cmp["methods"][method]
+        assert got["n"] == 4
+        for key in ("mft", "mfn", "maa", "bwt", "fwt", "forgetting"):
+            values = [r["metrics"][key] for r in mine]
+            assert got["metrics"][key]["mean"] == pytest.approx(statistics.mean(values))
+            assert got["metrics"][key]["std"] == pytest.approx(statistics.stdev(values))
+            # the bootstrap as documented: 10,000 resamples of the 4 cells, seed 0
+            rng = np.random.default_rng(0)
+            boot = np.array(values)[rng.integers(0, 4, size=(10_000, 4))].mean(axis=1)
+            assert got["metrics"][key]["ci95"] == pytest.approx(
+                np.quantile(boot, [0.025, 0.975]).tolist()
+            )
+        for task in TASKS:
+            finals = [r["accuracy_matrix"][-1][r["tasks"].index(task)] for r in mine]
+            assert got["tasks"][task]["final"]["mean"] == pytest.approx(statistics.mean(finals))
+    diffs = [
+        cells[f"lora-ft/seed{s}-order{o}"]["metrics"]["mfn"]
+        - cells[f"zero-shot/seed{s}-order{o}"]["metrics"]["mfn"]
+        for s in (0, 1)
+        for o in (1, 2)
+    ]
+    paired = cmp["paired"]["lora-ft"]["metrics"]["mfn"]
+    assert paired["mean"] == pytest.approx(statistics.mean(diffs))
+    assert paired["wins"] == sum(d > 0 for d in diffs)
+    assert any(cmp["methods"]["lora-ft"]["metrics"][k]["std"] > 0 for k in ("mfn", "bwt"))
+    md = (out / "comparison.md").read_text()
+    assert "± " in md and "driving -> science" in md and "science -> driving" in md
+    html = (out / "comparison.html").read_text()
+    assert "data:image/png;base64," in html and "Paired differences" in html
+    assert (out / "comparison.png").stat().st_size > 0
+
+
+def test_ray_gives_the_same_numbers(killed_grid, grid_config, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        out = tmp_path / "ray"
+        cmd = [
+            sys.executable,
+            "-m",
+            "mmcl.cli",
+            *_compare_args(grid_config, out),
+            "--executor",
+            "ray",
+            "--address",
+            address,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        ray.shutdown()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    on_pool, on_ray = _results(killed_grid[0]), _results(out)
+    for c in CELLS:
+        for key in ("accuracy_matrix", "zero_shot", "metrics", "counts"):
+            assert on_ray[c][key] == on_pool[c][key], (c, key)
+    pool_cmp = json.loads((killed_grid[0] / "comparison.json").read_text())
+    ray_cmp = json.loads((out / "comparison.json").read_text())
+    assert ray_cmp["methods"] == pool_cmp["methods"] and ray_cmp["paired"] == pool_cmp["paired"]
+
+
+def test_a_failed_cell_is_reported_and_retried(grid_config, tmp_path):
+    out = tmp_path / "grid"
+    args = ["compare", "-c", str(grid_config), "--methods", "zero-shot", "--seeds", "0,1"]
+    args += ["--out", str(out)]
+    blocker = out / "zero-shot" / "seed1-order1" / "predictions"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the run wants a folder")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    assert "zero-shot seed 1 order 1 FAILED" in res.output
+    assert (out / "zero-shot" / "seed0-order1" / "results.json").exists()  # the other ran
+    log = (out / "zero-shot" / "seed1-order1" / "log.txt").read_text()
+    assert "Traceback" in log
+    assert "Failed cells" in (out / "comparison.md").read_text()
+    blocker.unlink()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "1 finished, 1 to run" in res.output
+    assert (out / "zero-shot" / "seed1-order1" / "results.json").exists()
