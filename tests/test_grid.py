@@ -96,6 +96,7 @@ def _fake(method: str, seed: int, tasks: list[str], scores: dict[str, tuple[floa
         "accuracy_matrix": a,
         "zero_shot": zero,
         "metrics": continual_metrics(a, zero),
+        "timing": {"train_s": 1.0},
     }
 
 

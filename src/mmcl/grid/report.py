@@ -65,17 +65,44 @@ def grid_tables(agg: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
                 ],
             )
         )
-    for kind, what in (("final", "after the last task"), ("learned", "right after learning it")):
+    for kind, what in (
+        ("final", "after the last task"),
+        ("learned", "right after learning it"),
+        ("routing", "routing accuracy after the last task, %"),
+    ):
+        rows = [
+            [name(m), *[mean_std(s["tasks"][t][kind]) for t in tasks]]
+            for m, s in methods.items()
+            if kind in s["tasks"][tasks[0]]
+        ]
+        if rows:
+            title = f"Per task: {what} (mean ± std, aligned by task name)"
+            tables.append((title, ["method", *tasks], rows))
+    other = sorted({k for s in methods.values() for k in s["other_scores"]})
+    if other:
         tables.append(
             (
-                f"Score per task {what} (mean ± std, aligned by task name)",
-                ["method", *tasks],
+                "Other scores after the last task (mean over tasks; mean ± std over cells)",
+                ["method", *other],
                 [
-                    [name(m), *[mean_std(s["tasks"][t][kind]) for t in tasks]]
+                    [
+                        name(m),
+                        *[
+                            mean_std(s["other_scores"][k]) if k in s["other_scores"] else ""
+                            for k in other
+                        ],
+                    ]
                     for m, s in methods.items()
                 ],
             )
         )
+    tables.append(
+        (
+            "Training time per cell (s)",
+            ["method", "train s"],
+            [[name(m), mean_std(s["train_s"])] for m, s in methods.items()],
+        )
+    )
     return tables
 
 

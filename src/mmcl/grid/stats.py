@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmcl.errors import MmclError
-from mmcl.report import METRIC_KEYS
+from mmcl.report import METRIC_KEYS, _mean_over_tasks, final_extras
 
 BOOTSTRAP_SAMPLES = 10_000
 LOWER_IS_BETTER = {"forgetting"}
@@ -52,10 +52,17 @@ def cell_key(res: dict[str, Any]) -> tuple[int, tuple[str, ...]]:
 
 
 def task_scores(res: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per task name: its score right after it was learned, after the last step, and zero-shot."""
+    """Per task name: its score right after it was learned, after the last step, zero-shot,
+    and the routing accuracy after the last step for methods that route."""
     a = res["accuracy_matrix"]
+    routing = (res.get("routing") or {}).get("accuracy")
     return {
-        t: {"learned": a[i][i], "final": a[-1][i], "zero_shot": res["zero_shot"][i]}
+        t: {
+            "learned": a[i][i],
+            "final": a[-1][i],
+            "zero_shot": res["zero_shot"][i],
+            **({"routing": routing[i]} if routing else {}),
+        }
         for i, t in enumerate(res["tasks"])
     }
 
@@ -80,14 +87,17 @@ def _check_tasks(results: list[dict[str, Any]], tasks: Sequence[str]) -> None:
 def _method_summary(cells: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
     scores = [task_scores(r) for r in cells]
     matrices = np.array([aligned_matrix(r, tasks) for r in cells])
+    kinds = [k for k in ("learned", "final", "routing") if all(k in s[tasks[0]] for s in scores)]
+    # Scores beside the main one (grounding F1, BLEU-4, ...), after the last step, mean over tasks
+    extras = [_mean_over_tasks(final_extras(r)) for r in cells]
+    extra_keys = sorted(set.intersection(*(set(e) for e in extras)))
     return {
         "n": len(cells),
         "upper_bound": any(r.get("upper_bound", False) for r in cells),
         "metrics": {k: summarize([r["metrics"][k] for r in cells]) for k in METRIC_KEYS},
-        "tasks": {
-            t: {kind: summarize([s[t][kind] for s in scores]) for kind in ("learned", "final")}
-            for t in tasks
-        },
+        "train_s": summarize([r["timing"]["train_s"] for r in cells]),
+        "tasks": {t: {k: summarize([s[t][k] for s in scores]) for k in kinds} for t in tasks},
+        "other_scores": {k: summarize([e[k] for e in extras]) for k in extra_keys},
         "mean_matrix": matrices.mean(axis=0).round(4).tolist(),
         "mean_zero_shot": [float(np.mean([s[t]["zero_shot"] for s in scores])) for t in tasks],
     }
