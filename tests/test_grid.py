@@ -135,21 +135,24 @@ def killed_grid(grid_config, tmp_path_factory):
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+    def state() -> tuple[list[str], list[str]]:
+        """Cells finished, and cells started (a checkpoint) but not finished."""
+        done = [c for c in CELLS if (out / c / "results.json").exists()]
+        started = [c for c in CELLS if (out / c / "checkpoints" / "latest.json").exists()]
+        return done, [c for c in started if c not in done]
+
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [c for c in CELLS if (out / c / "results.json").exists()]
-            started = [
-                c
-                for c in CELLS
-                if (out / c / "checkpoints" / "latest.json").exists() and c not in done
-            ]
+            done, started = state()
             if len(done) >= 2 and started:
                 break
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    done, started = state()  # what the kill left
     stamps = {c: (out / c / "results.json").stat().st_mtime_ns for c in done}
     res = runner.invoke(app, [*_compare_args(grid_config, out), "--workers", "2"])
     assert res.exit_code == 0, res.output
@@ -228,6 +231,8 @@ def test_ray_gives_the_same_numbers(killed_grid, grid_config, tmp_path):
     finally:
         ray.shutdown()
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The pool's grid was killed and continued, this one ran straight through: equal cells also
+    # show that a continued cell ends as an uninterrupted one.
     on_pool, on_ray = _results(killed_grid[0]), _results(out)
     for c in CELLS:
         for key in ("accuracy_matrix", "zero_shot", "metrics", "counts"):
