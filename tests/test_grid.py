@@ -245,19 +245,31 @@ def test_ray_gives_the_same_numbers(killed_grid, grid_config, tmp_path):
 def test_a_failed_cell_is_reported_and_retried(grid_config, tmp_path):
     out = tmp_path / "grid"
     args = ["compare", "-c", str(grid_config), "--methods", "zero-shot", "--seeds", "0,1"]
-    args += ["--out", str(out)]
-    blocker = out / "zero-shot" / "seed1-order1" / "predictions"
+    args += ["--out", str(out), "--workers", "1"]  # the first cell fails, the second runs after
+    blocker = out / "zero-shot" / "seed0-order1" / "predictions"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("a file where the run wants a folder")
     res = runner.invoke(app, args)
     assert res.exit_code == 1
-    assert "zero-shot seed 1 order 1 FAILED" in res.output
-    assert (out / "zero-shot" / "seed0-order1" / "results.json").exists()  # the other ran
-    log = (out / "zero-shot" / "seed1-order1" / "log.txt").read_text()
+    assert "zero-shot seed 0 order 1 FAILED" in res.output
+    assert (out / "zero-shot" / "seed1-order1" / "results.json").exists()  # the other ran
+    log = (out / "zero-shot" / "seed0-order1" / "log.txt").read_text()
     assert "Traceback" in log
     assert "Failed cells" in (out / "comparison.md").read_text()
     blocker.unlink()
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "1 finished, 1 to run" in res.output
-    assert (out / "zero-shot" / "seed1-order1" / "results.json").exists()
+    assert (out / "zero-shot" / "seed0-order1" / "results.json").exists()
+
+
+def test_a_grid_being_run_is_not_run_twice(grid_config, tmp_path):
+    import fcntl
+
+    out = tmp_path / "grid"
+    out.mkdir()
+    with open(out / "grid.lock", "w") as held:  # as a running `mmcl compare` holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = runner.invoke(app, _compare_args(grid_config, out))
+    assert res.exit_code != 0 and "being run by another" in str(res.exception)
+    assert not (out / "lora-ft").exists()

@@ -10,8 +10,9 @@ written as comparison.md/.json/.html/.png (report.py).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,39 +99,76 @@ def warm_caches(cells: list[Cell]) -> None:
     from mmcl.config import parse_config
     from mmcl.runner import load_backbone, load_tasks
 
-    done: set[Any] = set()
+    done: set[tuple[str, Any]] = set()
     for cell in cells:
         cfg = parse_config(cell.config)
-        data_key = (cfg.seed, cfg.data.model_dump_json())
-        if data_key not in done:
+        data, model = ("data", cfg.seed, cfg.data.model_dump_json()), cfg.model.model_dump_json()
+        if data not in done:
             tasks = load_tasks(cfg)
-            done.add(data_key)
-            if cfg.model.backbone == "composed" and ("base", cfg.model.preset) not in done:
+            done.add(data)
+            if cfg.model.backbone == "composed" and ("model", model) not in done:
                 load_backbone(cfg, tasks)
-                done.add(("base", cfg.model.preset))
+                done.add(("model", model))
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Hold grid.lock while the grid runs: two drivers would run the same cells at once. The
+    operating system releases it when the process ends, however it ends."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "grid.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MmclError(
+                f"{out} is being run by another `mmcl compare` (it holds {out / 'grid.lock'}); "
+                "wait for it to end, or stop it"
+            ) from None
+        yield
+
+
+def _write_comparison(
+    spec: GridSpec, cells: list[Cell], orders: list[list[str]], failed: list[tuple[Cell, str]]
+) -> str:
+    """The comparison of every finished cell so far (rewritten as cells finish)."""
+    from mmcl.grid.report import write_grid_comparison
+
+    results = [read_json(c.folder / "results.json") for c in cells if c.finished]
+    if not results:
+        return "no cell has finished yet"
+    return write_grid_comparison(spec.out, results, orders, spec.reference, failed)
 
 
 def run_grid(spec: GridSpec, say: Callable[[str], None] = print) -> GridOutcome:
     """Run the missing cells of the grid in `spec.out`, then aggregate every finished cell."""
-    from mmcl.grid.executors import default_workers, run_local, run_ray
-    from mmcl.grid.report import write_grid_comparison
-
     t0 = time.perf_counter()
     if spec.executor not in ("local", "ray"):
         raise MmclError(f"unknown --executor {spec.executor!r}; choose local or ray")
     cells, orders = plan(spec)
-    for cell in cells:
-        cell.claim()
-    write_json(
-        spec.out / "grid.json",
-        {
-            "methods": spec.methods,
-            "seeds": sorted({c.seed for c in cells}),
-            "orders": orders,
-            "reference": spec.reference,
-        },
-    )
-    todo = [c for c in cells if not c.finished]
+    with _lock(spec.out):
+        for cell in cells:
+            cell.claim()
+        seeds = sorted({c.seed for c in cells})
+        info = {"methods": spec.methods, "seeds": seeds, "orders": orders}
+        write_json(spec.out / "grid.json", {**info, "reference": spec.reference})
+        todo = [c for c in cells if not c.finished]
+        failed = _run_cells(spec, cells, todo, orders, say)
+        text = _write_comparison(spec, cells, orders, failed)
+    return GridOutcome(text, len(cells), len(todo), failed, time.perf_counter() - t0)
+
+
+def _run_cells(
+    spec: GridSpec,
+    cells: list[Cell],
+    todo: list[Cell],
+    orders: list[list[str]],
+    say: Callable[[str], None],
+) -> list[tuple[Cell, str]]:
+    """Run the cells `todo` of the grid `cells`; return those that failed, with their error."""
+    from mmcl.grid.executors import default_workers, run_local, run_ray
+
     workers = spec.workers or default_workers(spec.threads)
     if spec.executor == "ray":
         where = f"Ray ({spec.address or 'a local instance'})"
@@ -157,15 +195,9 @@ def run_grid(spec: GridSpec, say: Callable[[str], None] = print) -> GridOutcome:
                     f"[{i}/{len(todo)}] {cell.name}: MFN {m['mfn']:.2f}, BWT {m['bwt']:.2f} "
                     f"({outcome['seconds']:.0f} s)"
                 )
+                _write_comparison(spec, cells, orders, failed)
             else:
                 failed.append((cell, outcome["error"]))
                 say(f"[{i}/{len(todo)}] {cell.name} FAILED: {outcome['error']}")
                 say(f"    log: {cell.folder / LOG_FILE}")
-    finished = [c for c in cells if c.finished]
-    results = [read_json(c.folder / "results.json") for c in finished]
-    text = (
-        write_grid_comparison(spec.out, results, orders, spec.reference, failed)
-        if results
-        else "no cell has finished yet"
-    )
-    return GridOutcome(text, len(cells), len(todo), failed, time.perf_counter() - t0)
+    return failed
