@@ -63,6 +63,8 @@ def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
     complete pairs early), and the task orders."""
     from mmcl.methods import get_method
 
+    if not spec.methods or len(set(spec.methods)) != len(spec.methods):
+        raise MmclError(f"--methods: give distinct method names ({spec.methods})")
     for name in spec.methods:  # fail on a typo before hours of training
         get_method(name)
     if spec.reference is not None and spec.reference not in spec.methods:
