@@ -25,7 +25,8 @@ def default_workers(threads: int) -> int:
 
 def run_local(cells: list[Cell], threads: int, workers: int) -> Iterator[tuple[Cell, Outcome]]:
     """Run the cells on a pool of `workers` fresh processes of `threads` torch threads each.
-    (On 2 cores two 1-thread runs side by side beat one 2-thread run: see the README.)"""
+    1-thread workers by default: a 2-thread torch process spins when another process is busy
+    (DESIGN.md, "Parallel experiments on 2 cores"; measured again for the grid in the README)."""
     # spawn: a fresh interpreter per worker; a forked torch process can hang in OpenMP.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
