@@ -105,22 +105,26 @@ def test_aggregate_aligns_orders_by_name_and_pairs_cells():
     results = [
         _fake("ref", 0, ab, {"a": (80, 40), "b": (90, 90)}),
         _fake("ref", 0, ba, {"a": (70, 70), "b": (60, 20)}),
+        _fake("ref", 1, ab, {"a": (80, 50), "b": (90, 90)}),
         _fake("new", 0, ab, {"a": (80, 60), "b": (90, 90)}),
         _fake("new", 0, ba, {"a": (70, 70), "b": (60, 50)}),
+        _fake("new", 1, ab, {"a": (80, 72), "b": (90, 90)}),
     ]
     agg = aggregate(results, ab, reference="ref")
     ref = agg["methods"]["ref"]
-    assert ref["n"] == 2
-    assert ref["tasks"]["a"]["final"]["mean"] == 55.0  # 40 (order a,b) and 70 (order b,a)
-    assert ref["tasks"]["b"]["learned"]["mean"] == 75.0
+    assert ref["n"] == 3
+    assert ref["tasks"]["a"]["final"]["mean"] == pytest.approx(160 / 3)  # 40, 70 (order b,a), 50
+    assert ref["tasks"]["b"]["learned"]["mean"] == 80.0
     # row "after a": in order b,a that is the last row
-    assert ref["mean_matrix"][0] == [(80 + 70) / 2, (0 + 20) / 2]
+    assert ref["mean_matrix"][0] == pytest.approx([230 / 3, 20 / 3], abs=1e-4)  # rounded
     paired = agg["paired"]["new"]
-    assert paired["n"] == 2 and paired["metrics"]["mfn"]["wins"] == 2
-    assert paired["metrics"]["mfn"]["mean"] == pytest.approx(12.5)  # +10 and +15
-    assert paired["metrics"]["mfn"]["established"]  # interval [10, 15]
-    assert paired["metrics"]["forgetting"]["wins"] == 2  # lower forgetting wins
+    assert paired["n"] == 3 and paired["metrics"]["mfn"]["wins"] == 3
+    assert paired["metrics"]["mfn"]["mean"] == pytest.approx(13.0)  # +10, +15, +11
+    assert paired["metrics"]["mfn"]["established"]  # interval within [10, 15]
+    assert paired["metrics"]["forgetting"]["wins"] == 3  # lower forgetting wins
     assert paired["metrics"]["mft"]["established"] is False  # all differences 0
+    two = aggregate(results[:2] + results[3:5], ab, reference="ref")["paired"]["new"]
+    assert two["metrics"]["mfn"]["wins"] == 2 and not two["metrics"]["mfn"]["established"]
     with pytest.raises(MmclError, match="not an order"):
         aggregate([*results, _fake("x", 1, ["a", "c"], {"a": (1, 1), "c": (1, 1)})], ab)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcl.grid.cells import LOG_FILE, Cell
-from mmcl.grid.stats import BOOTSTRAP_SAMPLES, aggregate
+from mmcl.grid.stats import BOOTSTRAP_SAMPLES, MIN_CELLS_TO_ESTABLISH, aggregate
 from mmcl.io import atomic_path, write_json, write_text
 from mmcl.report import _CSS, METRIC_KEYS, _data_uri, _esc, _table
 
@@ -113,8 +113,9 @@ def _intro(agg: dict[str, Any], benchmark: str, orders: list[list[str]], seeds: 
         f"{len(orders)} task orders on {benchmark}. A cell is one run (a seed and an order); "
         "matrices of different orders are aligned by task name. Intervals: percentile "
         f"bootstrap of the mean over cells ({BOOTSTRAP_SAMPLES:,} resamples); with few cells "
-        "they are narrow, so read them with n. A difference whose interval contains 0 is "
-        "not established; BWT, FWT and the scores are better higher, forgetting lower."
+        "they are narrow, so read them with n. A difference whose interval contains 0, or "
+        f"that fewer than {MIN_CELLS_TO_ESTABLISH} paired cells show, is not established; "
+        "BWT, FWT and the scores are better higher, forgetting lower."
     )
 
 

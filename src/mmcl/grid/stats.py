@@ -18,6 +18,9 @@ from mmcl.errors import MmclError
 from mmcl.report import METRIC_KEYS, _mean_over_tasks, final_extras
 
 BOOTSTRAP_SAMPLES = 10_000
+# Fewer paired cells establish no difference, whatever their interval: the bootstrap interval of
+# two values is just their range.
+MIN_CELLS_TO_ESTABLISH = 3
 LOWER_IS_BETTER = {"forgetting"}
 
 
@@ -115,8 +118,8 @@ def _paired(
         s = summarize(values)
         lo, hi = s["ci95"]
         wins = sum(d < 0 if lower_is_better else d > 0 for d in values)
-        # One cell has no spread to judge: nothing is established from it.
-        return {**s, "wins": wins, "established": len(values) > 1 and (lo > 0 or hi < 0)}
+        established = len(values) >= MIN_CELLS_TO_ESTABLISH and (lo > 0 or hi < 0)
+        return {**s, "wins": wins, "established": established}
 
     out: dict[str, Any] = {
         "n": len(keys),
