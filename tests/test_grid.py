@@ -119,7 +119,7 @@ def test_aggregate_aligns_orders_by_name_and_pairs_cells():
     assert ref["mean_matrix"][0] == pytest.approx([230 / 3, 20 / 3], abs=1e-4)  # rounded
     paired = agg["paired"]["new"]
     assert paired["n"] == 3 and paired["metrics"]["mfn"]["wins"] == 3
-    assert paired["metrics"]["mfn"]["mean"] == pytest.approx(13.0)  # +10, +15, +11
+    assert paired["metrics"]["mfn"]["mean"] == pytest.approx(12.0)  # +10, +15, +11
     assert paired["metrics"]["mfn"]["established"]  # interval within [10, 15]
     assert paired["metrics"]["forgetting"]["wins"] == 3  # lower forgetting wins
     assert paired["metrics"]["mft"]["established"] is False  # all differences 0
