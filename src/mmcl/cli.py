@@ -28,15 +28,20 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="experime
 SeedOpt = Annotated[int | None, typer.Option(help="seed (data, init, order of batches)")]
 TasksOpt = Annotated[str | None, typer.Option(help="task order/subset, comma-separated")]
 PresetOpt = Annotated[str | None, typer.Option(help="model preset (micro, tiny)")]
+GeneralOpt = Annotated[
+    str | None,
+    typer.Option(help="general suites, never trained on: builtin, stream YAMLs (comma-separated)"),
+]
 
 
-def _overrides(benchmark, method, seed, tasks, preset, **extra) -> dict[str, Any]:
+def _overrides(benchmark, method, seed, tasks, preset, general=None, **extra) -> dict[str, Any]:
     return {
         "benchmark": benchmark,
         "method.name": method,
         "seed": seed,
         "tasks": tasks.split(",") if tasks else None,
         "model.preset": preset,
+        "eval.general": general.split(",") if general else None,
         **extra,
     }
 
@@ -51,6 +56,7 @@ def run(
     tasks: TasksOpt = None,
     preset: PresetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue a killed run in --out")] = False,
+    general: GeneralOpt = None,
 ) -> None:
     """Run one continual-learning experiment and write results.json + report."""
     from mmcl.config import load_config
@@ -58,7 +64,7 @@ def run(
     from mmcl.report import matrix_markdown
     from mmcl.runner import Run, is_main_process
 
-    cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset))
+    cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset, general))
     res = Run(cfg, out).execute(resume=resume)
     if is_main_process():  # under torchrun/accelerate the first process reports
         console.print(matrix_markdown(res))
@@ -104,6 +110,7 @@ def compare(
     tasks: TasksOpt = None,
     preset: PresetOpt = None,
     resume: Annotated[bool, typer.Option(help="reuse finished methods in --out")] = False,
+    general: GeneralOpt = None,
 ) -> None:
     """Run several methods on the same stream, order and seed; write comparison.md/.json/.png."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -112,7 +119,7 @@ def compare(
     for n in names:  # fail on a typo before hours of training
         get_method(n)
     text = compare_methods(
-        names, out, config, _overrides(benchmark, None, seed, tasks, preset), resume
+        names, out, config, _overrides(benchmark, None, seed, tasks, preset, general), resume
     )
     console.print(text)
 
@@ -125,7 +132,11 @@ def demo(
     """The main job: compare methods on the default `ability` stream with the tiny model."""
     t0 = time.perf_counter()
     text = compare_methods(
-        DEMO_METHODS, out, None, _overrides("ability", None, 0, None, preset), resume=True
+        DEMO_METHODS,
+        out,
+        None,
+        _overrides("ability", None, 0, None, preset, "builtin"),  # with general retention
+        resume=True,
     )
     console.print(text)
     console.print(

@@ -60,9 +60,22 @@ class ModelSettings(_Strict):
         return self
 
 
+class GeneralSuite(_Strict):
+    """A general-ability suite, never trained on: `builtin` (the embedded base's own skills),
+    `mme` or `pope` (their published layouts under `root`), or a stream YAML's test files."""
+
+    suite: str
+    root: Path | None = Field(None, description="mme/pope: the folder of the released data")
+
+
 class EvalSettings(_Strict):
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(24, ge=1)
+    general: list[GeneralSuite | str] = Field(
+        default_factory=list, description="general suites, evaluated on the base and after steps"
+    )
+    general_every: int = Field(1, ge=1, description="general suites every N steps (and the last)")
+    general_size: int | None = Field(None, ge=1, description="a seeded subset per general task")
 
 
 class MethodSettings(BaseModel):

@@ -25,6 +25,7 @@ from mmcl.config import ExperimentConfig
 from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
 from mmcl.evaluate import TaskResult, evaluate_task
+from mmcl.general import GeneralBenchmark, evaluate_general, general_section, is_due, load_general
 from mmcl.io import (
     derive_seed,
     load_tensors,
@@ -220,6 +221,7 @@ class Run:
             )
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
+            general = load_general(cfg.eval, cfg.seed)
             backbone = load_backbone(cfg, tasks)
         specs = [t.spec for t in tasks]
         backbone.max_new_tokens = cfg.eval.max_new_tokens
@@ -244,6 +246,7 @@ class Run:
             }
             # The base model is evaluated before the method adds anything to it.
             state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
+            self._general(backbone, None, general, "zero_shot", state)
             method.setup()
             self._save(ZERO_SHOT_STEP, state, backbone, method)
         else:
@@ -256,6 +259,7 @@ class Run:
             merged = Task(specs[0], [r for t in tasks for r in t.train], [])
             self._train_step(backbone, method, merged, 0, settings, state, all_tasks=tasks)
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
+            self._general(backbone, method, general, "step0", state)
             state["rows"] = [row] * len(tasks)
             state.update(counts=counts, next_step=len(tasks))
             self._save(0, state, backbone, method)
@@ -263,11 +267,20 @@ class Run:
             for step in range(state["next_step"], len(tasks)):
                 self._train_step(backbone, method, tasks[step], step, settings, state)
                 row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
+                if is_due(step, len(tasks), cfg.eval.general_every):
+                    self._general(backbone, method, general, f"step{step}", state)
                 state["rows"].append(row)
                 state["routing"].append(routing)
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
         results = self._results(tasks, method, state)
+        if general:
+            tags = [
+                "zero_shot" if not method.trains else "step0" if method.joint else f"step{k}"
+                for k in range(len(tasks))
+            ]
+            results["general"] = general_section(general, state["general"], tags, cfg.eval)
+            results["timing"]["general_eval_s"] = round(state["general_s"], 2)
         if is_main_process():
             from mmcl.report import write_report
 
@@ -304,6 +317,26 @@ class Run:
         method.after_task(task, step)  # consolidation (a Fisher, a router) is training time too
         state["train_s"] += stats.seconds + (time.perf_counter() - t_after)
         state["train_samples"] += stats.samples
+
+    def _general(
+        self,
+        backbone: Backbone,
+        method: Method | None,
+        general: list[GeneralBenchmark],
+        tag: str,
+        state: dict,
+    ) -> None:
+        """Evaluate the general suites (never trained on) into state["general"][tag]."""
+        if general:
+            evals, seconds = evaluate_general(
+                backbone,
+                method,
+                general,
+                self.cfg.eval.batch_size,
+                self.out / "predictions" / tag / "general",
+            )
+            state.setdefault("general", {})[tag] = evals
+            state["general_s"] = state.get("general_s", 0.0) + seconds
 
     def _evaluate(
         self, backbone: Backbone, method: Method | None, tasks: list[Task], tag: str, state: dict
