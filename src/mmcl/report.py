@@ -443,6 +443,13 @@ def report_html(out: Path, res: dict[str, Any]) -> str:
                 ],
             ),
         ]
+    if "general" in res and (out / "general_retention.png").is_file():
+        png = (out / "general_retention.png").read_bytes()
+        body += [
+            "<h2>General-ability retention</h2>",
+            '<p class="note">benchmarks never trained on; retention = score / base score</p>',
+            f'<img alt="general retention" src="{_data_uri(png, "image/png")}">',
+        ]
     body += [
         "<h2>Samples scored</h2>",
         _html_table(

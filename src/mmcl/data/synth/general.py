@@ -2,7 +2,7 @@
 
 Held-out scenes (each task draws its own samples, never the pretraining corpus's) with one
 question form of the corpus per task: describe a scene, name an object's colour, say whether
-an object is there (POPE-style yes/no, half of them absent), name the object at a position.
+an object is there (yes/no, as POPE asks; half of them absent), name the object at a position.
 None of it is a task of any built-in stream, so it measures what continual tuning costs the
 base model's own skills.
 """
@@ -39,10 +39,12 @@ TASKS = {
         "naming an object's colour",
         partial(make_scene, question="colour"),
     ),
+    # Exact yes/no, not POPE's rule: that reads any answer without a "no" as yes, so a model
+    # that forgot the question would keep half of its score on balanced questions.
     "presence": SynthTask(
         "presence",
         "image",
-        "pope",
+        "exact",
         "saying whether an object is in the scene",
         partial(make_scene, question="presence"),
     ),
