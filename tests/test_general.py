@@ -222,7 +222,11 @@ def test_suites_from_config_names_and_errors(tmp_path):
         general=[
             "builtin",
             str(stream),
-            {"suite": "pope", "root": str(write_pope(tmp_path / "pope", 4))},
+            {
+                "suite": "pope",
+                "root": str(write_pope(tmp_path / "pope", 4)),
+                "prompt_suffix": " Hm?",
+            },
         ],
         general_size=2,
     )
@@ -231,6 +235,8 @@ def test_suites_from_config_names_and_errors(tmp_path):
     assert names == ["describe", "colour", "presence", "position", "red", "blue", "pope"]
     assert [len(b.tasks[0].test) for b in benches] == [2, 2, 2, 2, 2, 2, 2]
     assert all(not t.train for b in benches[:4] for t in b.tasks)  # never trained on
+    assert all(r.prompt.endswith("in the image? Hm?") for t in benches[-1].tasks for r in t.test)
+    assert benches[0].tasks[0].test[0].prompt == "<image>\ndescribe the image."
     with pytest.raises(MmclError, match="needs a root"):
         load_general(EvalSettings(general=["mme"]), 0)
     with pytest.raises(MmclError, match="unknown suite"):

@@ -66,6 +66,7 @@ class GeneralSuite(_Strict):
 
     suite: str
     root: Path | None = Field(None, description="mme/pope: the folder of the released data")
+    prompt_suffix: str = Field("", description="appended to every question of the suite")
 
 
 class EvalSettings(_Strict):

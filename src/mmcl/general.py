@@ -205,24 +205,36 @@ def load_pope(root: Path, size: int | None, seed: int) -> GeneralBenchmark:
 def load_general(settings: EvalSettings, seed: int) -> list[GeneralBenchmark]:
     """The general benchmarks a config asks for (none by default), with a seeded subset of
     `general_size` samples per task."""
+    from mmcl.config import GeneralSuite
+
     size = settings.general_size
     benches: list[GeneralBenchmark] = []
     for entry in settings.general:
-        suite, root = (entry, None) if isinstance(entry, str) else (entry.suite, entry.root)
+        entry = GeneralSuite(suite=entry) if isinstance(entry, str) else entry
+        suite, root = entry.suite, entry.root
         if suite in ("mme", "pope"):
             if root is None:
                 raise MmclError(f"eval.general: suite {suite!r} needs a root (its data folder)")
             loader = load_mme if suite == "mme" else load_pope
-            benches.append(loader(Path(root), size, seed))
+            found = [loader(Path(root), size, seed)]
         elif suite == "builtin" or suite.endswith((".yaml", ".yml")):
             bench = BUILTIN if suite == "builtin" else load_stream(suite)
-            for task in bench.load(seed, None, size):
-                metric = METRIC_NAMES.get(task.spec.metric, task.spec.metric)
-                benches.append(GeneralBenchmark(task.name, metric, [task]))
+            found = [
+                GeneralBenchmark(t.name, METRIC_NAMES.get(t.spec.metric, t.spec.metric), [t])
+                for t in bench.load(seed, None, size)
+            ]
         else:
             raise MmclError(
                 f"eval.general: unknown suite {suite!r}; use builtin, mme, pope or a stream YAML"
             )
+        if entry.prompt_suffix:  # e.g. LLaVA-1.5's "Answer the question using a single word..."
+            for bench in found:
+                for task in bench.tasks:
+                    task.test = [
+                        r.with_turns([*r.turns[:-1], (r.prompt + entry.prompt_suffix, r.answer)])
+                        for r in task.test
+                    ]
+        benches += found
     names = [b.name for b in benches]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
