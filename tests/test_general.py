@@ -167,13 +167,13 @@ def test_mme_wrong_root_and_bad_files_name_every_path(tmp_path):
         assert str(tmp_path / "nowhere" / name) in str(e.value)
     root = write_mme(tmp_path / "MME", {})
     (root / "color" / "0001.txt").write_text("Is it red?\tYes\n")  # one line only
+    (root / "count" / "0001.txt").write_text("One?\tYes\nTwo?\tPerhaps\n")  # not yes/no
     (root / "scene" / "images" / "0001.jpg").unlink()
     with pytest.raises(DataError) as e:
         load_mme(root, None, 0)
-    assert str(root / "color" / "0001.txt") in str(e.value)
-    (root / "color" / "0001.txt").write_text("Is it red?\tYes\nIs it blue?\tNo\n")
-    with pytest.raises(DataError, match="scene/images/0001.jpg"):
-        load_mme(root, None, 0)
+    assert str(root / "color" / "0001.txt") in str(e.value)  # every bad file, at once
+    assert str(root / "count" / "0001.txt") in str(e.value)
+    assert f"no image 0001.jpg (or .png, .jpeg) in {root / 'scene' / 'images'}" in str(e.value)
 
 
 # --- POPE layout -------------------------------------------------------------------------------
@@ -211,6 +211,12 @@ def test_pope_layout_subset_and_wrong_root(tmp_path):
     for part in ("coco_pope_adversarial.json", "coco_pope_popular.json", "coco_pope_random.json"):
         assert str(tmp_path / "elsewhere" / "coco" / part) in str(e.value)
     assert str(tmp_path / "elsewhere" / "val2014") in str(e.value)
+    lines = (root / "coco" / "coco_pope_popular.json").read_text().splitlines()
+    bad = lines[:2] + [lines[2].replace('"label": "yes"', '"label": "maybe"')] + lines[3:]
+    (root / "coco" / "coco_pope_popular.json").write_text("\n".join(bad))
+    with pytest.raises(DataError, match="coco_pope_popular.json line 3: .* yes/no 'label'"):
+        load_pope(root, None, 0)
+    (root / "coco" / "coco_pope_popular.json").write_text("\n".join(lines))
     (root / "val2014" / "COCO_val2014_000000000003.jpg").unlink()
     with pytest.raises(DataError, match="COCO_val2014_000000000003.jpg"):
         load_pope(root, None, 0)

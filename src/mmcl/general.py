@@ -87,23 +87,28 @@ class GeneralBenchmark:
 
 
 # --- MME ---------------------------------------------------------------------------------------
-def _mme_subtask(root: Path, name: str, images: int | None, seed: int) -> Task:
+def _mme_subtask(root: Path, name: str, images: int | None, seed: int) -> tuple[Task, list[str]]:
+    """One subtask's questions (two per image, in file order), and the problems found."""
     folder = root / name
     split = (folder / "questions_answers_YN").is_dir() and (folder / "images").is_dir()
     text_dir, image_dir = (
         (folder / "questions_answers_YN", folder / "images") if split else (folder, folder)
     )
     files = sorted(text_dir.glob("*.txt"))
-    if not files:
-        raise MmclError(f"MME subtask {name}: no question files (*.txt) in {text_dir}")
+    problems = [] if files else [f"{text_dir}: no question files (*.txt) of MME {name}"]
     files = _subsample(files, images, derive_seed(seed, "mme", name))  # whole images: acc+
-    records, problems = [], []
+    records = []
     for path in files:
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         found = [image_dir / (path.stem + s) for s in IMAGE_SUFFIXES]
-        # A missing image is reported below, under the name MME's .jpg would have.
-        image = next((f for f in found if f.is_file()), found[0])
-        if len(lines) != 2 or any(ln.count("\t") != 1 for ln in lines):
+        image = next((f for f in found if f.is_file()), None)
+        if image is None:
+            problems.append(f"{path}: no image {found[0].name} (or .png, .jpeg) in {image_dir}")
+            continue
+        if len(lines) != 2 or any(
+            ln.count("\t") != 1 or ln.split("\t")[1].strip().lower() not in ("yes", "no")
+            for ln in lines
+        ):
             problems.append(f"{path}: expected two lines 'question<TAB>Yes|No'")
             continue
         for k, line in enumerate(lines):
@@ -119,10 +124,7 @@ def _mme_subtask(root: Path, name: str, images: int | None, seed: int) -> Task:
             problems += probs
             if rec is not None:
                 records.append(rec)
-    if problems:
-        raise DataError(problems)
-    _check_media_exist(records, text_dir)
-    return Task(TaskSpec(name, "image", "mme", f"MME {name}"), [], records)
+    return Task(TaskSpec(name, "image", "mme", f"MME {name}"), [], records), problems
 
 
 def mme_summary(tasks: list[Task], results: list[TaskResult]) -> tuple[float, dict[str, float]]:
@@ -152,7 +154,11 @@ def load_mme(root: Path, size: int | None, seed: int) -> GeneralBenchmark:
             + "\nPoint root at MME_Benchmark_release_version (the folder of the subtasks)."
         )
     images = max(1, size // 2) if size else None
-    tasks = [_mme_subtask(root, n, images, seed) for n in subtasks]
+    found = [_mme_subtask(root, n, images, seed) for n in subtasks]
+    problems = [p for _, probs in found for p in probs]
+    if problems:
+        raise DataError(problems)
+    tasks = [task for task, _ in found]
     return GeneralBenchmark("mme", "mme_score", tasks, mme_summary)
 
 
@@ -186,8 +192,10 @@ def load_pope(root: Path, size: int | None, seed: int) -> GeneralBenchmark:
             try:
                 raw = json.loads(line)
                 raw = {**raw, "answer": raw.pop("label")}
-            except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
-                problems.append(f"{path} line {i + 1}: not a JSON object with a 'label'")
+                if raw["answer"] not in ("yes", "no"):
+                    raise ValueError
+            except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError):
+                problems.append(f"{path} line {i + 1}: not a JSON object with a yes/no 'label'")
                 continue
             rec, probs = parse_record(raw, f"{path} line {i + 1}", root / POPE_IMAGES)
             problems += probs
