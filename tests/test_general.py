@@ -238,9 +238,9 @@ def test_suites_from_config_names_and_errors(tmp_path):
     )
     benches = load_general(settings, seed=0)
     names = [b.name for b in benches]
-    assert names == ["describe", "colour", "presence", "position", "red", "blue", "pope"]
-    assert [len(b.tasks[0].test) for b in benches] == [2, 2, 2, 2, 2, 2, 2]
-    assert all(not t.train for b in benches[:4] for t in b.tasks)  # never trained on
+    assert names == ["describe", "colour", "position", "red", "blue", "pope"]
+    assert [len(b.tasks[0].test) for b in benches] == [2, 2, 2, 2, 2, 2]
+    assert all(not t.train for b in benches[:3] for t in b.tasks)  # never trained on
     assert all(r.prompt.endswith("in the image? Hm?") for t in benches[-1].tasks for r in t.test)
     assert benches[0].tasks[0].test[0].prompt == "<image>\ndescribe the image."
     with pytest.raises(MmclError, match="needs a root"):
@@ -270,7 +270,7 @@ def general_run(tmp_path_factory, micro_overrides):
 def test_run_reports_general_retention_after_every_step(general_run, micro_overrides, tmp_path):
     res, out = general_run
     gen = res["general"]
-    assert list(gen["benchmarks"]) == ["describe", "colour", "presence", "position"]
+    assert list(gen["benchmarks"]) == ["describe", "colour", "position"]
     for name, b in gen["benchmarks"].items():
         assert len(b["scores"]) == 2 and None not in b["scores"]
         assert b["counts"] == {"scored": 8, "total": 8}

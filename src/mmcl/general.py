@@ -42,7 +42,7 @@ BUILTIN = SynthBenchmark(
     "general",
     "the embedded base's pretraining skills on held-out scenes (never trained on)",
     "general",
-    ("describe", "colour", "presence", "position"),
+    ("describe", "colour", "position"),
     train_size=0,
     test_size=100,
 )
