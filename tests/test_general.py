@@ -360,3 +360,29 @@ def test_kill_during_general_evaluation_then_resume_restores_it_exactly(
     assert tags == ["step1"]  # the base's and step 0's rows come from the checkpoint
     assert resumed["general"] == general_run[0]["general"]
     assert resumed["accuracy_matrix"] == general_run[0]["accuracy_matrix"]
+
+
+def test_mme_and_pope_suites_run_end_to_end(tmp_path, micro_overrides):
+    mme, pope = write_mme(tmp_path / "MME", {}), write_pope(tmp_path / "pope", 4)
+    suites = [{"suite": "mme", "root": str(mme)}, {"suite": "pope", "root": str(pope)}]
+    cfg = load_config(None, {**micro_overrides, "method.name": "zero-shot", "eval.general": suites})
+    res = Run(cfg, tmp_path / "run").execute()
+    gen = res["general"]["benchmarks"]
+    assert gen["mme"]["counts"] == {"scored": 28, "total": 28}  # 14 subtasks x 1 image x 2
+    assert gen["pope"]["counts"] == {"scored": 12, "total": 12}
+    base = gen["mme"]["extra"]["base"]
+    folder = tmp_path / "run" / "predictions" / "zero_shot" / "general"
+    for name in MME_PERCEPTION + MME_COGNITION:  # MME's rule, again from the predictions
+        rows = [json.loads(x) for x in (folder / "mme" / f"{name}.jsonl").read_text().splitlines()]
+        right = [mme_match(r["prediction"], r["reference"]) for r in rows]
+        assert base[name] == pytest.approx(100 * sum(right) / 2 + 100 * all(right), abs=1e-3)
+    assert gen["mme"]["base"] == pytest.approx(base["perception"] + base["cognition"], abs=1e-3)
+    pope_rows = [
+        json.loads(x)
+        for cat in ("adversarial", "popular", "random")
+        for x in (folder / "pope" / f"{cat}.jsonl").read_text().splitlines()
+    ]
+    said = [pope_answer(r["prediction"]) for r in pope_rows]
+    assert gen["pope"]["extra"]["base"]["yes_ratio"] == pytest.approx(
+        100 * said.count("yes") / 12, abs=1e-3
+    )
