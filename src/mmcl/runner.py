@@ -39,6 +39,7 @@ from mmcl.methods import make_method
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
+from mmcl.tracking import RunTracker
 from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
@@ -115,6 +116,16 @@ def _flatten(state: dict[str, Any], prefix: str = "") -> tuple[dict, dict]:
     return tensors, rest
 
 
+def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
+    """Whether a checkpoint's config gives the results `cfg` gives (tracking may change)."""
+    if not isinstance(saved, dict):
+        return False
+    ours = cfg.model_dump(mode="json")
+    return {k: v for k, v in saved.items() if k != "track"} == {
+        k: v for k, v in ours.items() if k != "track"
+    }
+
+
 def _unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], prefix: str = "") -> dict:
     out: dict[str, Any] = {}
     for k, v in rest.items():
@@ -189,7 +200,7 @@ class Run:
                 log.warning("corrupt checkpoint, trying the previous one: %s", e)
                 problems.append(str(e))
                 continue
-            if state.get("config") != self.cfg.model_dump(mode="json"):
+            if not _same_results_config(state.get("config"), self.cfg):
                 raise MmclError(
                     f"{folder}: the checkpoint was made with another configuration; "
                     "resume with the same config, or use a new --out"
@@ -229,6 +240,9 @@ class Run:
             **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
         )
         found = self._find_checkpoint() if resume else None
+        tracker = RunTracker.open(
+            cfg.track, self.out, cfg.model_dump(mode="json"), [t.name for t in tasks]
+        )
         if found is None:
             state = {
                 "config": cfg.model_dump(mode="json"),
@@ -244,6 +258,7 @@ class Run:
             }
             # The base model is evaluated before the method adds anything to it.
             state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
+            tracker.zero_shot(state["zero_shot"])
             method.setup()
             self._save(ZERO_SHOT_STEP, state, backbone, method)
         else:
@@ -254,19 +269,22 @@ class Run:
             state["rows"] = [state["zero_shot"]] * len(tasks)
         elif method.joint and state["next_step"] == 0:
             merged = Task(specs[0], [r for t in tasks for r in t.train], [])
-            self._train_step(backbone, method, merged, 0, settings, state, all_tasks=tasks)
+            self._train_step(backbone, method, merged, 0, settings, state, tracker, tasks)
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
             state["rows"] = [row] * len(tasks)
+            tracker.after_step(len(tasks) - 1, state, routing, method.report())
             state.update(counts=counts, next_step=len(tasks))
             self._save(0, state, backbone, method)
         else:
             for step in range(state["next_step"], len(tasks)):
-                self._train_step(backbone, method, tasks[step], step, settings, state)
+                self._train_step(backbone, method, tasks[step], step, settings, state, tracker)
                 row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
                 state["rows"].append(row)
                 state["routing"].append(routing)
+                tracker.after_step(step, state, routing, method.report())
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
+        tracker.finish()
         results = self._results(tasks, method, state)
         if is_main_process():
             from mmcl.report import write_report
@@ -283,6 +301,7 @@ class Run:
         step: int,
         settings: TrainSettings,
         state: dict,
+        tracker: RunTracker,
         all_tasks: list[Task] | None = None,
     ) -> None:
         seed_everything(derive_seed(self.cfg.seed, "step", step))
@@ -296,6 +315,7 @@ class Run:
             derive_seed(self.cfg.seed, "train", step),
             method,
             desc=f"{method.name} step {step + 1}: {label}",
+            log=tracker.train_logger("all" if all_tasks else task.name, state),
         )
         state["trained_params"] = sorted(
             set(state["trained_params"]) | set(backbone.trainable_parameters())
