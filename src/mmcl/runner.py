@@ -39,7 +39,7 @@ from mmcl.methods import make_method
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
-from mmcl.tracking import RunTracker
+from mmcl.tracking import RunTracker, resolve_trackers
 from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
@@ -229,6 +229,7 @@ class Run:
                 f"{self.out} already holds a run; pass --resume to continue it, "
                 "or choose another --out"
             )
+        resolve_trackers(cfg.track)  # a tracker that is not installed fails before any work
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
             backbone = load_backbone(cfg, tasks)
