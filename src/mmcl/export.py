@@ -281,7 +281,8 @@ def readme(info: dict[str, Any], routing: dict[str, Any] | None, embedded: bool)
         "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
         "inputs = processor(text=[prompt], images=[Image.open('x.png')], return_tensors='pt')",
         "out = model.generate(**inputs, max_new_tokens=24, do_sample=False)",
-        "print(processor.batch_decode(out, skip_special_tokens=True))",
+        "print(processor.batch_decode(out[:, inputs['input_ids'].shape[1]:], "
+        "skip_special_tokens=True))",
         "```",
         "",
     ]

@@ -133,9 +133,11 @@ class MmclForConditionalGeneration(PreTrainedModel):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values=None, **kwargs):
-        """The LM's generation on the merged embeddings; returns the new tokens only."""
-        return self.lm.generate(
+        """The LM's generation on the merged embeddings; returns the prompts followed by the
+        new tokens, as transformers' multimodal models do."""
+        new = self.lm.generate(
             inputs_embeds=self.embed(input_ids, pixel_values),
             attention_mask=attention_mask,
             **kwargs,
         )
+        return torch.cat([input_ids, new.to(input_ids.device)], 1)
