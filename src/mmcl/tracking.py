@@ -1,7 +1,8 @@
 """Experiment tracking through accelerate's trackers (TensorBoard, Weights & Biases, MLflow).
 
 `track:` in a config names the trackers; by default TensorBoard when it is installed
-(offline, into `RUN_DIR/tensorboard/`), `[]` turns tracking off. Only the first process logs.
+(offline, into `RUN_DIR/tensorboard/`, an event file per step), `[]` turns tracking off. Only
+the first process logs.
 
 Every value shares one x-axis, the run's training batch count (kept in the checkpoint state,
 so a resumed run continues it; wandb drops values logged at an earlier step than its last):
@@ -144,6 +145,15 @@ class RunTracker:
             if fallbacks is not None:
                 values["routing/fallbacks"] = fallbacks
         self.log(values, state.get("track_step", 0))
+        for t in self.trackers:
+            if t.name == "tensorboard":
+                # Its writer writes from a queue and syncs every 2 minutes; closing it makes
+                # the step's values durable before the checkpoint commits the step (a killed
+                # run would lose them otherwise). The next step writes a new event file, named
+                # apart: a file name holds only the second it was opened in.
+                t.writer.close()
+                t.init_kwargs["filename_suffix"] = f".step{k + 1}"
+                t.start()
 
     def finish(self) -> None:
         for t in self.trackers:

@@ -207,7 +207,7 @@ def train(
                     bar.update(job, advance=1, loss=loss_ema, sps=sps)
                     if log is not None and acc.is_main_process:
                         figures = {"loss": lv, "answer_loss": out.loss.item()}
-                        figures.update({k: float(v) for k, v in terms.items()})
+                        figures.update({k: float(v.detach()) for k, v in terms.items()})
                         log({**figures, "lr": lr, "samples_per_s": sps})
                     quiet = bar.console.is_terminal or not acc.is_main_process
                     if not quiet and done % max(1, n_batches // 5) == 0:
