@@ -71,8 +71,8 @@ def trained_run(run_dir: Path) -> tuple[ExperimentConfig, Backbone, Method, dict
     found = run._find_checkpoint()
     if found is None:
         raise MmclError(f"{run_dir}: no committed checkpoint to export")
-    files_ = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
-    specs = {s.name: s for s in get_benchmark(cfg.benchmark, cfg.data.root, files_).specs()}
+    paths = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
+    specs = {s.name: s for s in get_benchmark(cfg.benchmark, cfg.data.root, paths).specs()}
     specs = [specs[n] for n in (cfg.tasks or list(specs))]
     backbone = load_backbone(cfg, [Task(s, [], []) for s in specs])
     backbone.max_new_tokens = cfg.eval.max_new_tokens

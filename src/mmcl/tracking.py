@@ -30,7 +30,6 @@ from mmcl.errors import MmclError
 from mmcl.io import process_state
 from mmcl.metrics import continual_metrics
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
 _AVAILABLE = {
     "tensorboard": (is_tensorboard_available, "tensorboardX"),
     "wandb": (is_wandb_available, "wandb"),
