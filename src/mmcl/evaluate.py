@@ -74,7 +74,7 @@ def evaluate_task(
         )
     preds = [predictions[r.id] for r in task.test]
     refs = [list(r.references) for r in task.test]
-    scores, score, extra = score_task(task.spec.metric, preds, refs)
+    scores, score, extra = score_task(task.spec.metric, preds, refs, task.test)
     rows = []
     for rec, pred, s in zip(task.test, preds, scores, strict=True):
         row = {
