@@ -23,7 +23,7 @@ A stream YAML looks like:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +48,9 @@ class RealTask:
     spec: TaskSpec
     train: tuple[str, ...]
     test: tuple[str, ...]
+    # A layout other than LLaVA/MLLM-CL JSON: (file, split, root) -> records (micl_layout.py).
+    reader: Callable[[Path, str, Path], list[Record]] | None = None
+    media: tuple[str, ...] = ()  # media folders under the root, named when the root is wrong
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,9 @@ class RealBenchmark:
         return (override,) if override else getattr(task, split)
 
     def _expected_listing(self) -> str:
-        return ", ".join(" or ".join(self._candidates(t, s)) for t in self.tasks for s in SPLITS)
+        files = [" or ".join(self._candidates(t, s)) for t in self.tasks for s in SPLITS]
+        folders = [m + "/" for t in self.tasks for m in t.media]
+        return ", ".join(dict.fromkeys(files + folders))
 
     def resolve(
         self, names: list[str], splits: tuple[str, ...] = SPLITS
@@ -149,14 +154,19 @@ class RealBenchmark:
                 f"{list(self.order)}"
             )
         paths = self.resolve(names)
-        specs = {t.spec.name: t.spec for t in self.tasks}
+        by_name = {t.spec.name: t for t in self.tasks}
+        specs = {n: t.spec for n, t in by_name.items()}
         tasks = []
         for n in names:
             split = {}
+            reader = by_name[n].reader
             for s, size in (("train", train_size), ("test", test_size)):
                 # Existence only: decoding every image of a large training set would take minutes;
                 # an unreadable image still fails, naming its file, when it is first batched.
-                records = load_records(paths[n][s], check_media=False)
+                if reader is not None:
+                    records = reader(paths[n][s], s, self._root())
+                else:
+                    records = load_records(paths[n][s], check_media=False)
                 records = _subsample(records, size, derive_seed(seed, self.name, n, s))
                 _check_media_exist(records, paths[n][s])
                 if s == "test":  # a field the task's scorer reads is checked before training
