@@ -13,14 +13,23 @@ import pytest
 from typer.testing import CliRunner
 
 from mmcl.cli import app
+from mmcl.config import load_config
 from mmcl.data.records import Record
 from mmcl.errors import DataError, MmclError
 from mmcl.metrics import SCORERS, compact_exact_match, lenient_match, score_task
+from mmcl.runner import Run
 from mmcl.scoring import RECORD_SCORERS, RULES
 from mmcl.scoring.judge import Judge, judge_predictions
 from mmcl.scoring.mathvista import extract_answer
 from mmcl.scoring.micl import normalise_answer, pre_caption
 from mmcl.scoring.score_file import score_file
+from tiny_hf import (
+    colour_records,
+    one_thread,  # noqa: F401 (a fixture)
+    save_tiny_llava,
+    write_llava,
+    write_mllm_cl_test,
+)
 
 runner = CliRunner()
 
@@ -292,29 +301,56 @@ class _Judge(BaseHTTPRequestHandler):
         pass
 
 
-def test_judge_extracts_only_what_does_not_pass_and_is_recorded(tmp_path):
+@pytest.fixture
+def judge():
+    _Judge.asked = []
     server = HTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        judge = Judge(f"http://127.0.0.1:{server.server_port}/v1", "local-model")
-        meta = {"question_type": "free_form", "answer_type": "integer"}
-        records = [rec("14", **meta), rec("3", **meta)]
-        texts = judge_predictions("mllm-cl-math", ["fourteen, I think", "3"], records, judge)
-        assert texts == ["14", "3"]  # "3" passed as it is: not sent
-        assert len(_Judge.asked) == 1 and _Judge.asked[0]["model"] == "local-model"
-        assert "fourteen, I think" in _Judge.asked[0]["messages"][0]["content"]
-        test = tmp_path / "test.json"
-        test.write_text(
-            json.dumps([{"question_id": 1, "text": "How many?", "answer": "14", **meta}])
-        )
-        preds = tmp_path / "p.jsonl"
-        preds.write_text('{"question_id": 1, "text": "fourteen"}\n')
-        summary = score_file(test, preds, "mllm-cl-math", tmp_path / "out", judge)
-        assert summary["score"] == 100.0 and summary["judge"]["model"] == "local-model"
-        assert "Extracted answer" in summary["judge"]["prompt"]
-        row = json.loads((tmp_path / "out" / "scores.jsonl").read_text())
-        assert row["extracted"] == "14" and row["prediction"] == "fourteen"
-    finally:
-        server.shutdown()
+    yield Judge(f"http://127.0.0.1:{server.server_port}/v1", "local-model")
+    server.shutdown()
+
+
+def test_judge_extracts_only_what_does_not_pass_and_is_recorded(tmp_path, judge):
+    meta = {"question_type": "free_form", "answer_type": "integer"}
+    records = [rec("14", **meta), rec("3", **meta)]
+    texts = judge_predictions("mllm-cl-math", ["fourteen, I think", "3"], records, judge)
+    assert texts == ["14", "3"]  # "3" passed as it is: not sent
+    assert len(_Judge.asked) == 1 and _Judge.asked[0]["model"] == "local-model"
+    assert "fourteen, I think" in _Judge.asked[0]["messages"][0]["content"]
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps([{"question_id": 1, "text": "How many?", "answer": "14", **meta}]))
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"question_id": 1, "text": "fourteen"}\n')
+    summary = score_file(test, preds, "mllm-cl-math", tmp_path / "out", judge)
+    assert summary["score"] == 100.0 and summary["judge"]["model"] == "local-model"
+    assert "Extracted answer" in summary["judge"]["prompt"]
+    row = json.loads((tmp_path / "out" / "scores.jsonl").read_text())
+    assert row["extracted"] == "14" and row["prediction"] == "fourteen"
     with pytest.raises(MmclError, match="judge local-model"):
         Judge("http://127.0.0.1:9/v1", "local-model", timeout_s=2).extract("q", "r", "record 1")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_with_a_judge_records_it(tmp_path, judge):
+    root = tmp_path / "Ability_data"
+    rows = colour_records(root / "math_test", "m", 3, seed=1)
+    write_llava(root / "Math" / "train.json", colour_records(root / "Math", "t", 3, seed=2))
+    meta = {"question_type": "free_form", "answer_type": "integer"}
+    write_mllm_cl_test(root / "math_test" / "test.json", [r | {"a": "14"} for r in rows], **meta)
+    overrides = {
+        "benchmark": "mllm-cl-acl",
+        "tasks": ["math"],
+        "data.root": str(root),
+        "model.backbone": "hf-native",
+        "model.path": str(save_tiny_llava(tmp_path / "llava")),
+        "method.name": "zero-shot",
+        "eval.max_new_tokens": 2,
+        "eval.judge_url": judge.url,
+        "eval.judge_model": judge.model,
+    }
+    res = Run(load_config(None, overrides), tmp_path / "run").execute()
+    assert res["judge"] == judge.describe()
+    assert res["zero_shot"] == [100.0]  # the judge answers 14 for every untrained guess
+    preds = (tmp_path / "run" / "predictions" / "zero_shot" / "math.jsonl").read_text().splitlines()
+    assert [json.loads(p)["extracted"] for p in preds] == ["14"] * 3
+    assert len(_Judge.asked) == 3

@@ -63,6 +63,16 @@ class ModelSettings(_Strict):
 class EvalSettings(_Strict):
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(24, ge=1)
+    judge_url: str | None = Field(
+        None, description="math answer judge: OpenAI-compatible base URL (off by default)"
+    )
+    judge_model: str | None = Field(None, description="math answer judge: model name")
+
+    @model_validator(mode="after")
+    def _judge_whole(self) -> EvalSettings:
+        if (self.judge_url is None) != (self.judge_model is None):
+            raise ValueError("a judge needs both eval.judge_url and eval.judge_model")
+        return self
 
 
 class MethodSettings(BaseModel):

@@ -39,6 +39,7 @@ from mmcl.methods import make_method
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
+from mmcl.scoring.judge import JUDGED, Judge
 from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
@@ -310,7 +311,9 @@ class Run:
     ) -> tuple[list[float], dict, list[float] | None]:
         row, counts, routing, extras = [], {}, [], {}
         for task in tasks:
-            res: TaskResult = evaluate_task(backbone, task, method, self.cfg.eval.batch_size)
+            res: TaskResult = evaluate_task(
+                backbone, task, method, self.cfg.eval.batch_size, self._judge()
+            )
             if is_main_process():
                 write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
             if res.scored != res.total:
@@ -324,6 +327,11 @@ class Run:
         if extras:  # a scorer's figures beside the task score (e.g. grounding F1), per evaluation
             state.setdefault("task_extra", {})[tag] = extras
         return row, counts, (routing if any(r is not None for r in routing) else None)
+
+    def _judge(self) -> Judge | None:
+        """The math answer judge of eval.judge_url/judge_model, if set (off by default)."""
+        ev = self.cfg.eval
+        return Judge(ev.judge_url, ev.judge_model) if ev.judge_url and ev.judge_model else None
 
     def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
         names = [t.name for t in tasks]
@@ -351,6 +359,9 @@ class Run:
             },
             "environment": environment(),
         }
+        judge = self._judge()
+        if judge is not None and any(t.spec.metric in JUDGED for t in tasks):
+            res["judge"] = judge.describe()
         if method.joint:
             res["upper_bound"] = True
             res["note"] = "joint trains once on all tasks; its one evaluation fills every row"
