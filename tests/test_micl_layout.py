@@ -12,6 +12,7 @@ from PIL import Image
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.micl_layout import read_npy
 from mmcl.data.synth.media import write_mp4, write_wav
+from mmcl.data.synth.micl import ORDER_1
 from mmcl.errors import DataError, MmclError
 from mmcl.methods.moincl import task_type
 
@@ -39,44 +40,55 @@ def _video(path: Path) -> None:
 @pytest.fixture(scope="module")
 def micl_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("MICL_TMLR")
-    ds = root / "dataset"
-    _save(
-        root,
-        "all_img_id_caption_dict.npy",
-        {"train": {"10": ["A red square.", "red box"]}, "test": {"11": "a red square"}},
-    )
-    for k in ("10", "11"):
-        _image(ds / "flickr30k/flickr30k-images" / f"{k}.jpg")
-    answers = ["red"] * 6 + ["crimson"] * 4
-    qa = {"img_id": 42, "question": "What colour?", "answers": answers}
-    _save(root, "question_id_img_id_quesion_answer_dict.npy", {"train": {1: qa}, "test": {2: qa}})
-    _image(ds / "coco/OK-VQA/train2014/COCO_train2014_000000000042.jpg")
-    _image(ds / "coco/OK-VQA/val2014/COCO_val2014_000000000042.jpg")
-    _save(root, "all_vid_caption_dict.npy", {"train": {"v1": "blue"}, "test": {"v2": "blue"}})
-    for k in ("v1", "v2"):
-        _video(ds / "MSRVTT/videos/all" / f"{k}.mp4")
-    vq = {"video_id": "c.avi", "question": "what moves?", "answer": "dot"}
-    _save(root, "question_id_video_id_quesion_answer_dict.npy", {"train": {5: vq}, "test": {6: vq}})
-    _video(ds / "MSVD/MSVD-QA/video/c.avi")
-    _save(root, "all_audio_id_cap_dict.npy", {"train": {"a1": "hum"}, "test": {"a2": "hum"}})
-    for k in ("a1", "a2"):
-        _audio(ds / "AudioCaps/all_audios" / f"{k}.wav")
-    aq = {"audio_id": "s.wav", "question": "is it loud?", "answer": "no"}
-    _save(root, "question_id_audio_id_quesion_answer_dict.npy", {"train": {7: aq}, "test": {8: aq}})
-    _audio(ds / "Clotho-AQA/audio_files/s.wav")
+    captions = {  # annotation file: (media under dataset/, writer, {split: {id: caption(s)}})
+        "all_img_id_caption_dict.npy": (
+            "flickr30k/flickr30k-images/{}.jpg",
+            _image,
+            {"train": {"10": ["A red square.", "red box"]}, "test": {"11": "a red square"}},
+        ),
+        "all_vid_caption_dict.npy": (
+            "MSRVTT/videos/all/{}.mp4",
+            _video,
+            {"train": {"v1": "blue"}, "test": {"v2": "blue"}},
+        ),
+        "all_audio_id_cap_dict.npy": (
+            "AudioCaps/all_audios/{}.wav",
+            _audio,
+            {"train": {"a1": "hum"}, "test": {"a2": "hum"}},
+        ),
+    }
+    for name, (media, write, data) in captions.items():
+        _save(root, name, data)
+        for key in [k for split in data.values() for k in split]:
+            write(root / "dataset" / media.format(key))
+    okvqa = "coco/OK-VQA/{0}/COCO_{0}_000000000042.jpg"
+    questions = {  # annotation file: (question, media under dataset/, writer)
+        "question_id_img_id_quesion_answer_dict.npy": (
+            {"img_id": 42, "question": "What colour?", "answers": ["red"] * 6 + ["crimson"] * 4},
+            [okvqa.format("train2014"), okvqa.format("val2014")],
+            _image,
+        ),
+        "question_id_video_id_quesion_answer_dict.npy": (
+            {"video_id": "c.avi", "question": "what moves?", "answer": "dot"},
+            ["MSVD/MSVD-QA/video/c.avi"],
+            _video,
+        ),
+        "question_id_audio_id_quesion_answer_dict.npy": (
+            {"audio_id": "s.wav", "question": "is it loud?", "answer": "no"},
+            ["Clotho-AQA/audio_files/s.wav"],
+            _audio,
+        ),
+    }
+    for n, (name, (item, media, write)) in enumerate(questions.items()):
+        _save(root, name, {"train": {2 * n + 1: item}, "test": {2 * n + 2: item}})
+        for m in media:
+            write(root / "dataset" / m)
     return root
 
 
 def test_micl_layout_reads_the_six_tasks(micl_root):
     tasks = get_benchmark("micl-tmlr-order1", micl_root).load(seed=0)
-    assert [t.name for t in tasks] == [
-        "audio_caption",
-        "image_caption",
-        "video_qa",
-        "audio_qa",
-        "image_qa",
-        "video_caption",
-    ]
+    assert tuple(t.name for t in tasks) == ORDER_1
     by = {t.name: t for t in tasks}
     assert {n: t.spec.metric for n, t in by.items()} == {
         "audio_caption": "cider-micl",
