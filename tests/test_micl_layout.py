@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from mmcl.cli import app
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.micl_layout import read_npy
 from mmcl.data.synth.media import write_mp4, write_wav
@@ -139,3 +142,21 @@ def test_annotation_files_cannot_run_code(tmp_path):
     np.save(plain, np.zeros(3))
     with pytest.raises(MmclError, match="not MICL's annotation dict"):
         read_npy(plain)
+
+
+def test_score_reads_micl_test_records_from_the_layout(micl_root, tmp_path):
+    preds = tmp_path / "answers.jsonl"
+    preds.write_text('{"question_id": 2, "text": "Red."}\n')
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app,
+        ["score", "--benchmark", "micl-tmlr-order2", "--task", "image_qa"]
+        + ["--data-root", str(micl_root), "--predictions", str(preds), "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    row = json.loads((out / "scores.jsonl").read_text())
+    assert row == {"question_id": "2", "prediction": "Red.", "score": 1.0}  # 6 of 10 say red
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scorer"] == "vqa" and summary["test"].endswith(
+        "question_id_img_id_quesion_answer_dict.npy"
+    )

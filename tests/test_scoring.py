@@ -22,7 +22,7 @@ from mmcl.scoring import RECORD_SCORERS, RULES
 from mmcl.scoring.judge import Judge, judge_predictions
 from mmcl.scoring.mathvista import extract_answer
 from mmcl.scoring.micl import normalise_answer, pre_caption
-from mmcl.scoring.score_file import score_file
+from mmcl.scoring.score_file import score_file, task_test_records
 from tiny_hf import (
     colour_records,
     one_thread,  # noqa: F401 (a fixture)
@@ -267,9 +267,7 @@ def test_score_names_missing_and_unknown_predictions(tmp_path):
 
 def test_score_wrong_root_names_the_expected_path(tmp_path):
     with pytest.raises(MmclError) as err:
-        from mmcl.scoring.score_file import task_test_file
-
-        task_test_file("mllm-cl-dcl", "sci", tmp_path)
+        task_test_records("mllm-cl-dcl", "sci", tmp_path)
     assert str(tmp_path / "Sci" / "test.json") in str(err.value)
 
 

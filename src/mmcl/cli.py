@@ -169,21 +169,22 @@ def score(
 ) -> None:
     """Score a prediction file against a test file by a published rule (`mmcl list`)."""
     from mmcl.scoring.judge import Judge
-    from mmcl.scoring.score_file import score_file, task_test_file
+    from mmcl.scoring.score_file import score_file, task_test_records
 
     if (benchmark is None) == (test is None):
         raise MmclError("give either --benchmark with --task and --data-root, or --test")
+    records = None
     if benchmark is not None:
         if task is None:
             raise MmclError("--benchmark needs --task")
-        test, default = task_test_file(benchmark, task, data_root)
+        records, test, default = task_test_records(benchmark, task, data_root)
         scorer = scorer or default
     if scorer is None:
         raise MmclError("--test needs --scorer (`mmcl list` shows the scorers)")
     if (judge_url is None) != (judge_model is None):
         raise MmclError("a judge needs both --judge-url and --judge-model")
     judge = Judge(judge_url, judge_model) if judge_url and judge_model else None
-    summary = score_file(test, predictions, scorer, out, judge)
+    summary = score_file(test, predictions, scorer, out, judge, records)
     console.print(
         f"{scorer}: {summary['score']:.2f} on {summary['samples']} samples ({test}); "
         f"{out / 'scores.jsonl'}",

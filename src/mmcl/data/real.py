@@ -15,7 +15,7 @@ A stream YAML looks like:
         train: charts/train.json     # LLaVA conversations
         test: charts/test.json       # LLaVA or MLLM-CL {question_id, image, text, answer}
         modality: image              # default image
-        scorer: lenient              # a scorer of mmcl.metrics
+        scorer: lenient              # a scorer of `mmcl list`
         description: questions about bar and line charts
     order: [charts]            # optional (default: the order of `tasks`)
 """
@@ -138,6 +138,15 @@ class RealBenchmark:
             )
         return found
 
+    def read(self, name: str, split: str, path: Path) -> list[Record]:
+        """Every record of task `name`'s `split` file, in the task's layout. Media files are
+        not opened: decoding every image of a large training set would take minutes; an
+        unreadable one still fails, naming its file, when it is first batched."""
+        reader = next(t.reader for t in self.tasks if t.spec.name == name)
+        if reader is not None:
+            return reader(path, split, self._root())
+        return load_records(path, check_media=False)
+
     def load(
         self,
         seed: int,
@@ -154,19 +163,12 @@ class RealBenchmark:
                 f"{list(self.order)}"
             )
         paths = self.resolve(names)
-        by_name = {t.spec.name: t for t in self.tasks}
-        specs = {n: t.spec for n, t in by_name.items()}
+        specs = {t.spec.name: t.spec for t in self.tasks}
         tasks = []
         for n in names:
             split = {}
-            reader = by_name[n].reader
             for s, size in (("train", train_size), ("test", test_size)):
-                # Existence only: decoding every image of a large training set would take minutes;
-                # an unreadable image still fails, naming its file, when it is first batched.
-                if reader is not None:
-                    records = reader(paths[n][s], s, self._root())
-                else:
-                    records = load_records(paths[n][s], check_media=False)
+                records = self.read(n, s, paths[n][s])
                 records = _subsample(records, size, derive_seed(seed, self.name, n, s))
                 _check_media_exist(records, paths[n][s])
                 if s == "test":  # a field the task's scorer reads is checked before training

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmcl.data.records import load_records
+from mmcl.data.records import Record, load_records
 from mmcl.errors import DataError, MmclError
 from mmcl.io import write_json, write_jsonl
 from mmcl.metrics import METRIC_NAMES, score_task
@@ -54,9 +54,11 @@ def read_predictions(path: Path) -> dict[str, str]:
     return found
 
 
-def task_test_file(benchmark: str, task: str, root: Path | None) -> tuple[Path, str]:
-    """The test file of a real-data benchmark's task, found as `mmcl run` finds it, and the
-    task's scorer."""
+def task_test_records(
+    benchmark: str, task: str, root: Path | None
+) -> tuple[list[Record], Path, str]:
+    """The test records of a real-data benchmark's task, found and read as `mmcl run` finds
+    and reads them, their file, and the task's scorer."""
     from mmcl.data.benchmarks import get_benchmark
     from mmcl.data.real import RealBenchmark
 
@@ -69,18 +71,25 @@ def task_test_file(benchmark: str, task: str, root: Path | None) -> tuple[Path, 
     specs = {s.name: s for s in bench.specs()}
     if task not in specs:
         raise MmclError(f"benchmark {benchmark!r} has no task {task!r}; its tasks: {list(specs)}")
-    return bench.resolve([task], splits=("test",))[task]["test"], specs[task].metric
+    path = bench.resolve([task], splits=("test",))[task]["test"]
+    return bench.read(task, "test", path), path, specs[task].metric
 
 
 def score_file(
-    test: Path, predictions: Path, scorer: str, out: Path, judge: Judge | None = None
+    test: Path,
+    predictions: Path,
+    scorer: str,
+    out: Path,
+    judge: Judge | None = None,
+    records: list[Record] | None = None,
 ) -> dict[str, Any]:
-    """Score `predictions` against `test` with `scorer`; write out/scores.jsonl (one row per
-    test record: question_id, prediction, score in [0, 1]) and out/summary.json; return the
-    summary."""
+    """Score `predictions` against the test file `test` (or its already read `records`) with
+    `scorer`; write out/scores.jsonl (one row per test record: question_id, prediction, score
+    in [0, 1]) and out/summary.json; return the summary."""
     if scorer not in RULES:
         raise MmclError(f"unknown scorer {scorer!r}; `mmcl list` shows them: {sorted(RULES)}")
-    records = load_records(test, check_media=False)  # a score reads names, not pixels
+    if records is None:
+        records = load_records(test, check_media=False)  # a score reads names, not pixels
     problems = missing_fields(scorer, records, str(test))
     predicted = read_predictions(predictions)
     missing = [r.id for r in records if r.id not in predicted]
