@@ -38,6 +38,9 @@ class ModelSettings(_Strict):
 
     backbone: Literal["composed", "hf-native", "pretrained-parts"] = "composed"
     preset: str = Field("tiny", description="embedded model preset (micro, tiny)")
+    base_seed: int = Field(
+        0, description="seed of the embedded base's pretraining (cached apart per seed)"
+    )
     path: Path | None = Field(None, description="hf-native: local model + processor folder")
     vision_path: Path | None = Field(None, description="pretrained-parts: CLIP/SigLIP folder")
     lm_path: Path | None = Field(None, description="pretrained-parts: causal LM folder")

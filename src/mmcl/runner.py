@@ -35,7 +35,7 @@ from mmcl.io import (
     write_json,
     write_jsonl,
 )
-from mmcl.methods import make_method
+from mmcl.methods import make_method, method_options
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
@@ -75,10 +75,10 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         # Audio/video streams get the image base extended with its own encoders (cached apart).
         from mmcl.models.media_pretrain import media_backbone
 
-        return media_backbone(cfg.model.preset, seed=0)
+        return media_backbone(cfg.model.preset, seed=cfg.model.base_seed)
     from mmcl.models.tiny import pretrained_backbone
 
-    return pretrained_backbone(cfg.model.preset, seed=0)
+    return pretrained_backbone(cfg.model.preset, seed=cfg.model.base_seed)
 
 
 def is_main_process() -> bool:
@@ -219,6 +219,7 @@ class Run:
                 f"{self.out} already holds a run; pass --resume to continue it, "
                 "or choose another --out"
             )
+        method_options(cfg.method.name, cfg.method.options())  # a typo fails before the loads
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
             backbone = load_backbone(cfg, tasks)
@@ -359,6 +360,8 @@ class Run:
             },
             "environment": environment(),
         }
+        if self.cfg.model.backbone == "composed":  # which embedded base: check a claim on two
+            res["base_seed"] = self.cfg.model.base_seed
         judge = self._judge()
         if judge is not None and any(t.spec.metric in JUDGED for t in tasks):
             res["judge"] = judge.describe()
