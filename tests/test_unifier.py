@@ -24,10 +24,10 @@ from mmcl.metrics import (
     msvqa_scores,
     parse_boxes,
     score_task,
-    vqa_score,
 )
 from mmcl.models.tiny import pretrained_backbone
 from mmcl.runner import Run
+from mmcl.scoring.micl import vqa as vqa_score
 from mmcl.train import TrainSettings, train
 
 TASK_SUBSET = ["high_altitude", "underwater", "high_altitude_2"]

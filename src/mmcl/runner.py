@@ -35,10 +35,11 @@ from mmcl.io import (
     write_json,
     write_jsonl,
 )
-from mmcl.methods import make_method
+from mmcl.methods import make_method, method_options
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
+from mmcl.scoring.judge import JUDGED, Judge
 from mmcl.tracking import RunTracker, resolve_trackers
 from mmcl.train import TrainSettings, train
 
@@ -75,10 +76,10 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         # Audio/video streams get the image base extended with its own encoders (cached apart).
         from mmcl.models.media_pretrain import media_backbone
 
-        return media_backbone(cfg.model.preset, seed=0)
+        return media_backbone(cfg.model.preset, seed=cfg.model.base_seed)
     from mmcl.models.tiny import pretrained_backbone
 
-    return pretrained_backbone(cfg.model.preset, seed=0)
+    return pretrained_backbone(cfg.model.preset, seed=cfg.model.base_seed)
 
 
 def is_main_process() -> bool:
@@ -230,6 +231,7 @@ class Run:
                 "or choose another --out"
             )
         resolve_trackers(cfg.track)  # a tracker that is not installed fails before any work
+        method_options(cfg.method.name, cfg.method.options())  # a typo fails before the loads
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
             backbone = load_backbone(cfg, tasks)
@@ -331,7 +333,9 @@ class Run:
     ) -> tuple[list[float], dict, list[float] | None]:
         row, counts, routing, extras = [], {}, [], {}
         for task in tasks:
-            res: TaskResult = evaluate_task(backbone, task, method, self.cfg.eval.batch_size)
+            res: TaskResult = evaluate_task(
+                backbone, task, method, self.cfg.eval.batch_size, self._judge()
+            )
             if is_main_process():
                 write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
             if res.scored != res.total:
@@ -345,6 +349,11 @@ class Run:
         if extras:  # a scorer's figures beside the task score (e.g. grounding F1), per evaluation
             state.setdefault("task_extra", {})[tag] = extras
         return row, counts, (routing if any(r is not None for r in routing) else None)
+
+    def _judge(self) -> Judge | None:
+        """The math answer judge of eval.judge_url/judge_model, if set (off by default)."""
+        ev = self.cfg.eval
+        return Judge(ev.judge_url, ev.judge_model) if ev.judge_url and ev.judge_model else None
 
     def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
         names = [t.name for t in tasks]
@@ -372,6 +381,11 @@ class Run:
             },
             "environment": environment(),
         }
+        if self.cfg.model.backbone == "composed":  # which embedded base: check a claim on two
+            res["base_seed"] = self.cfg.model.base_seed
+        judge = self._judge()
+        if judge is not None and any(t.spec.metric in JUDGED for t in tasks):
+            res["judge"] = judge.describe()
         if method.joint:
             res["upper_bound"] = True
             res["note"] = "joint trains once on all tasks; its one evaluation fills every row"
