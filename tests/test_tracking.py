@@ -35,20 +35,11 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
-    tmp_path, micro_overrides, monkeypatch
+    tmp_path, micro_overrides, killed_after_first_step
 ):
     cfg = load_config(None, {**micro_overrides, "method.name": "ewc", "track": ["tensorboard"]})
-    real = Run._save
-
-    def killed_after_first_step(self, step, *args):
-        real(self, step, *args)
-        if step == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "_save", killed_after_first_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_step():
         Run(cfg, tmp_path / "run").execute()
-    monkeypatch.setattr(Run, "_save", real)
     # Resumed: the x-axis continues where the killed run's last step ended.
     res = Run(cfg, tmp_path / "run").execute(resume=True)
     scalars = read_scalars(tmp_path / "run" / "tensorboard")
