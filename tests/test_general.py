@@ -24,9 +24,10 @@ from mmcl.general import (
     load_pope,
     mme_summary,
 )
-from mmcl.metrics import mme_answer, mme_match, pope_answer, pope_scores, score_task
+from mmcl.metrics import score_task
 from mmcl.report import comparison_markdown
 from mmcl.runner import Run
+from mmcl.scoring.mme_pope import mme_answer, mme_match, pope_answer, pope_scores
 from tiny_hf import one_thread, write_colour_stream  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

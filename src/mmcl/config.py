@@ -38,6 +38,9 @@ class ModelSettings(_Strict):
 
     backbone: Literal["composed", "hf-native", "pretrained-parts"] = "composed"
     preset: str = Field("tiny", description="embedded model preset (micro, tiny)")
+    base_seed: int = Field(
+        0, description="seed of the embedded base's pretraining (cached apart per seed)"
+    )
     path: Path | None = Field(None, description="hf-native: local model + processor folder")
     vision_path: Path | None = Field(None, description="pretrained-parts: CLIP/SigLIP folder")
     lm_path: Path | None = Field(None, description="pretrained-parts: causal LM folder")
@@ -77,6 +80,16 @@ class EvalSettings(_Strict):
     )
     general_every: int = Field(1, ge=1, description="general suites every N steps (and the last)")
     general_size: int | None = Field(None, ge=1, description="a seeded subset per general task")
+    judge_url: str | None = Field(
+        None, description="math answer judge: OpenAI-compatible base URL (off by default)"
+    )
+    judge_model: str | None = Field(None, description="math answer judge: model name")
+
+    @model_validator(mode="after")
+    def _judge_whole(self) -> EvalSettings:
+        if (self.judge_url is None) != (self.judge_model is None):
+            raise ValueError("a judge needs both eval.judge_url and eval.judge_model")
+        return self
 
 
 class MethodSettings(BaseModel):
@@ -98,6 +111,9 @@ class ExperimentConfig(_Strict):
     method: MethodSettings = MethodSettings()
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
+    track: list[Literal["tensorboard", "wandb", "mlflow"]] | None = Field(
+        None, description="experiment trackers; default: tensorboard when installed; [] for none"
+    )
 
 
 def _format(e: ValidationError, source: str) -> str:
