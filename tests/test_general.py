@@ -387,3 +387,17 @@ def test_mme_and_pope_suites_run_end_to_end(tmp_path, micro_overrides):
     assert gen["pope"]["extra"]["base"]["yes_ratio"] == pytest.approx(
         100 * said.count("yes") / 12, abs=1e-3
     )
+
+
+def test_tracker_logs_the_general_scores_and_retention(general_run):
+    pytest.importorskip("tensorboardX")
+    from test_tracking import read_scalars
+
+    res, out = general_run
+    scalars = read_scalars(out / "tensorboard")
+    for name, b in res["general"]["benchmarks"].items():
+        logged = scalars[f"general/{name}"]
+        assert [v for _, v in logged] == pytest.approx([b["base"], *b["scores"]], abs=1e-3)
+        if b["base"] > 0:
+            kept = [v for _, v in scalars[f"general/{name}/retention"]]
+            assert kept == pytest.approx(b["retention"], abs=1e-3)

@@ -264,7 +264,7 @@ class Run:
             # The base model is evaluated before the method adds anything to it.
             state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
             self._general(backbone, None, general, "zero_shot", state)
-            tracker.zero_shot(state["zero_shot"])
+            tracker.zero_shot(state["zero_shot"], state.get("general", {}).get("zero_shot"))
             method.setup()
             self._save(ZERO_SHOT_STEP, state, backbone, method)
         else:
@@ -279,7 +279,13 @@ class Run:
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
             self._general(backbone, method, general, "step0", state)
             state["rows"] = [row] * len(tasks)
-            tracker.after_step(len(tasks) - 1, state, routing, method.report())
+            tracker.after_step(
+                len(tasks) - 1,
+                state,
+                routing,
+                method.report(),
+                state.get("general", {}).get("step0"),
+            )
             state.update(counts=counts, next_step=len(tasks))
             self._save(0, state, backbone, method)
         else:
@@ -290,7 +296,8 @@ class Run:
                     self._general(backbone, method, general, f"step{step}", state)
                 state["rows"].append(row)
                 state["routing"].append(routing)
-                tracker.after_step(step, state, routing, method.report())
+                general_now = state.get("general", {}).get(f"step{step}")
+                tracker.after_step(step, state, routing, method.report(), general_now)
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
         tracker.finish()

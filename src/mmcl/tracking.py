@@ -115,8 +115,11 @@ class RunTracker:
 
         return log
 
-    def zero_shot(self, row: list[float]) -> None:
-        self.log({f"zero_shot/{n}": v for n, v in zip(self.tasks, row, strict=True)}, 0)
+    def zero_shot(self, row: list[float], general: dict[str, dict] | None = None) -> None:
+        """The base model's row and, when general suites run, their base scores."""
+        values = {f"zero_shot/{n}": v for n, v in zip(self.tasks, row, strict=True)}
+        values.update({f"general/{n}": e["score"] for n, e in (general or {}).items()})
+        self.log(values, 0)
 
     def after_step(
         self,
@@ -124,9 +127,11 @@ class RunTracker:
         state: dict[str, Any],
         routing: list[float | None] | None = None,
         report: dict[str, Any] | None = None,
+        general: dict[str, dict] | None = None,
     ) -> None:
-        """The accuracy row of step k, the continual metrics over the tasks seen so far and,
-        for routed methods, the routing accuracy and fallbacks (from the method's `report`)."""
+        """The accuracy row of step k, the continual metrics over the tasks seen so far, for
+        routed methods the routing accuracy and fallbacks (from the method's `report`) and,
+        when the general suites ran after this step, their scores and retention."""
         if not self.trackers:
             return
         row, seen = state["rows"][k], k + 1
@@ -143,6 +148,11 @@ class RunTracker:
             fallbacks = (report or {}).get("routing", {}).get("fallbacks")
             if fallbacks is not None:
                 values["routing/fallbacks"] = fallbacks
+        base = state.get("general", {}).get("zero_shot", {})
+        for name, e in (general or {}).items():
+            values[f"general/{name}"] = e["score"]
+            if base.get(name, {}).get("score"):
+                values[f"general/{name}/retention"] = e["score"] / base[name]["score"]
         self.log(values, state.get("track_step", 0))
         for t in self.trackers:
             if t.name == "tensorboard":
