@@ -60,3 +60,45 @@ def test_generate_writes_the_benchmark(tmp_path):
     assert (out / "ocr" / "train.json").exists() and (out / "gui" / "test.json").exists()
     res = runner.invoke(app, ["data", "validate", str(out / "ocr" / "train.json")])
     assert res.exit_code == 0
+
+
+def test_misspelt_method_option_fails_before_any_model_is_built(tmp_path, monkeypatch):
+    import pytest
+
+    from mmcl import runner
+    from mmcl.config import load_config
+    from mmcl.errors import MmclError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data or the model was loaded before the config was checked")
+
+    monkeypatch.setattr(runner, "load_tasks", no_loading)
+    monkeypatch.setattr(runner, "load_backbone", no_loading)
+    cfg = load_config(None, {"method.name": "lora-ft", "method.rnak": 3})
+    with pytest.raises(MmclError, match="rnak"):
+        runner.Run(cfg, tmp_path / "run").execute()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from mmcl.io import save_tensors, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "results.json", {"a": 1})
+        save_tensors(tmp_path / "w.safetensors", {})
+    finally:
+        os.umask(old)
+    for name in ("results.json", "w.safetensors"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode == 0o644, (name, oct(mode))
+
+
+def test_base_seed_is_a_setting_cached_apart():
+    from mmcl.config import load_config
+    from mmcl.models.tiny import base_key
+
+    assert load_config(None, {"model.base_seed": 1}).model.base_seed == 1
+    assert base_key("micro", 0) != base_key("micro", 1)

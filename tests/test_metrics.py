@@ -2,9 +2,9 @@ import pytest
 
 from mmcl.errors import MmclError
 from mmcl.metrics import (
+    SCORERS,
     bwt,
     continual_metrics,
-    exact_match,
     forgetting,
     fwt,
     lenient_match,
@@ -37,7 +37,7 @@ def test_single_task_and_bad_shape():
         mft([[1.0, 2.0]])
 
 
-def test_lenient_match_follows_mllm_cl():
+def test_lenient_is_the_corrected_rs_ad_rule():
     assert lenient_match("The answer is Yes.", ["yes"]) == 1.0
     assert lenient_match("eyes are blue", ["yes"]) == 0.0  # one word must be bounded
     assert lenient_match("yes", ["Yes."]) == 1.0
@@ -52,8 +52,8 @@ def test_number_exact_and_substring():
     assert number_match("7.", ["7"]) == 1.0
     assert number_match("17", ["7"]) == 0.0
     assert number_match("the digit 7", ["7"]) == 0.0
-    assert exact_match("A red Circle.", ["a red circle"]) == 1.0
-    assert exact_match("a red circle here", ["a red circle"]) == 0.0
+    assert SCORERS["exact"]("A red Circle.", ["a red circle"]) == 1.0
+    assert SCORERS["exact"]("a red circle here", ["a red circle"]) == 0.0
     assert substring_match("I see a red circle here", ["Red circle"]) == 1.0
 
 

@@ -19,9 +19,10 @@ from mmcl.data.records import load_records, validate_file
 from mmcl.data.synth.media import write_mp4, write_wav
 from mmcl.errors import DataError
 from mmcl.methods import make_method
-from mmcl.metrics import caption_scores, caption_tokens, score_task, vqa_score
+from mmcl.metrics import caption_scores, caption_tokens, score_task
 from mmcl.models.media_pretrain import media_backbone
 from mmcl.runner import Run
+from mmcl.scoring.micl import vqa as vqa_score
 
 
 @pytest.fixture(scope="module")
@@ -189,14 +190,15 @@ def test_bleu_and_rouge_beside_cider():
 
 
 def test_vqa_score_is_min_one_matches_over_three():
-    refs = ["two", "two", "2", "two", "2"]
-    assert vqa_score("two", refs) == 1.0  # 3 matches
-    assert vqa_score("2", refs) == pytest.approx(2 / 3)
+    refs = ["two", "two", "2", "three", "3"]
+    assert vqa_score("two", refs) == 1.0  # number words: 3 matches
+    assert vqa_score("3", refs) == pytest.approx(2 / 3)
+    # articles go: "a circle" matches "circle"
     assert vqa_score("circle", ["circle", "a circle", "circles", "circles", "circles"]) == (
-        pytest.approx(1 / 3)
+        pytest.approx(2 / 3)
     )
-    assert vqa_score("three", refs) == 0.0
-    assert score_task("vqa", ["two", "2"], [refs, refs])[1] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert vqa_score("four", refs) == 0.0
+    assert score_task("vqa", ["two", "3"], [refs, refs])[1] == pytest.approx(100 * (1 + 2 / 3) / 2)
 
 
 # --- MoInCL -----------------------------------------------------------------------------------

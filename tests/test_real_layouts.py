@@ -36,7 +36,12 @@ DCL_FILES = [
 # Ability CL with the released archive's folder names for training (the loader's second choice)
 ACL_FILES = [
     ("ocr", "OCR/train.json", "OCR_test/test.json", {"answer_type": "Regular Text Recognition"}),
-    ("math", "Math/train.json", "math_test/test.json", {}),
+    (
+        "math",
+        "Math/train.json",
+        "math_test/test.json",
+        {"question_type": "free_form", "answer_type": "text"},
+    ),
     ("perception", "VP/train.json", "CV-Benchv2/test.json", {"type": "2D", "task": "Count"}),
     ("gui", "APP/train.json", "APP_test/test.json", {}),
 ]
@@ -75,11 +80,11 @@ def test_dcl_layout_loads_in_the_published_order(dcl_root):
     tasks = get_benchmark("mllm-cl-dcl", dcl_root).load(seed=0)
     assert [t.name for t in tasks] == ["rs", "med", "ad", "sci", "fin"]
     assert {t.name: t.spec.metric for t in tasks} == {
-        "rs": "lenient",
-        "med": "substring",
-        "ad": "lenient",
-        "sci": "lenient",
-        "fin": "compact-exact",
+        "rs": "mllm-cl-ai2d",
+        "med": "mllm-cl-pvqa",
+        "ad": "mllm-cl-ai2d",
+        "sci": "mllm-cl-sci",
+        "fin": "mllm-cl-finvis",
     }
     rs = tasks[0]
     assert len(rs.train) == N_TRAIN and len(rs.test) == N_TEST
@@ -124,7 +129,7 @@ def test_micro_stream_through_the_dcl_layout(tmp_path, dcl_root, llava_dir):
     )
     res = Run(cfg, tmp_path / "run").execute()
     assert res["tasks"] == ["rs", "fin"]
-    assert res["task_metric"] == {"rs": "accuracy", "fin": "exact_match"}
+    assert res["task_metric"] == {"rs": "accuracy", "fin": "accuracy"}
     assert res["counts"] == {"rs": {"scored": 5, "total": 5}, "fin": {"scored": 5, "total": 5}}
     rows = (tmp_path / "run" / "predictions" / "step1" / "fin.jsonl").read_text().splitlines()
     assert sorted(json.loads(r)["id"] for r in rows) == [f"q4-{i:03d}" for i in range(N_TEST)]

@@ -1,4 +1,4 @@
-"""The `mmcl` command: run, compare, demo, bench, data, list."""
+"""The `mmcl` command: run, compare, demo, bench, score, export, data, list."""
 
 from __future__ import annotations
 
@@ -28,15 +28,20 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="experime
 SeedOpt = Annotated[int | None, typer.Option(help="seed (data, init, order of batches)")]
 TasksOpt = Annotated[str | None, typer.Option(help="task order/subset, comma-separated")]
 PresetOpt = Annotated[str | None, typer.Option(help="model preset (micro, tiny)")]
+GeneralOpt = Annotated[
+    str | None,
+    typer.Option(help="general suites, never trained on: builtin, stream YAMLs (comma-separated)"),
+]
 
 
-def _overrides(benchmark, method, seed, tasks, preset, **extra) -> dict[str, Any]:
+def _overrides(benchmark, method, seed, tasks, preset, general=None, **extra) -> dict[str, Any]:
     return {
         "benchmark": benchmark,
         "method.name": method,
         "seed": seed,
         "tasks": tasks.split(",") if tasks else None,
         "model.preset": preset,
+        "eval.general": general.split(",") if general else None,
         **extra,
     }
 
@@ -51,6 +56,7 @@ def run(
     tasks: TasksOpt = None,
     preset: PresetOpt = None,
     resume: Annotated[bool, typer.Option(help="continue a killed run in --out")] = False,
+    general: GeneralOpt = None,
 ) -> None:
     """Run one continual-learning experiment and write results.json + report."""
     from mmcl.config import load_config
@@ -58,7 +64,7 @@ def run(
     from mmcl.report import matrix_markdown
     from mmcl.runner import Run, is_main_process
 
-    cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset))
+    cfg = load_config(config, _overrides(benchmark, method, seed, tasks, preset, general))
     res = Run(cfg, out).execute(resume=resume)
     if is_main_process():  # under torchrun/accelerate the first process reports
         console.print(matrix_markdown(res))
@@ -124,6 +130,7 @@ def compare(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: a new local instance)")
     ] = None,
+    general: GeneralOpt = None,
 ) -> None:
     """Run methods x seeds x task orders (cells in parallel; finished cells are kept, killed
     ones continue); write comparison.md/.json/.html/.png with mean ± std, 95% intervals and
@@ -136,7 +143,7 @@ def compare(
         seeds=parse_seeds(seeds) if seeds else None,
         orders=orders,
         config=config,
-        overrides=_overrides(benchmark, None, None, tasks, preset),
+        overrides=_overrides(benchmark, None, None, tasks, preset, general),
         reference=reference,
         executor=executor,
         workers=workers,
@@ -160,7 +167,11 @@ def demo(
     """The main job: compare methods on the default `ability` stream with the tiny model."""
     t0 = time.perf_counter()
     text = compare_methods(
-        DEMO_METHODS, out, None, _overrides("ability", None, 0, None, preset), resume=True
+        DEMO_METHODS,
+        out,
+        None,
+        _overrides("ability", None, 0, None, preset, "builtin"),  # with general retention
+        resume=True,
     )
     console.print(text)
     console.print(
@@ -192,9 +203,64 @@ def bench(
     console.print(f"bench finished in {res['seconds']:.0f} s: {out / 'bench.json'}")
 
 
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="the output folder of a run")],
+    out: Annotated[Path, typer.Option(help="the new export folder")],
+) -> None:
+    """Export a run's trained adapters as peft folders (with the embedded base model, a routing
+    file for routed methods and a README on serving them with vLLM)."""
+    from mmcl.export import export_run
+
+    info = export_run(run_dir, out)
+    console.print(f"exported {len(info['adapters'])} adapter(s) of {info['method']} to {out}")
+    console.print(f"how to use them: {out / 'README.md'}")
+
+
+@app.command()
+def score(
+    out: Annotated[Path, typer.Option(help="output directory (scores.jsonl, summary.json)")],
+    predictions: Annotated[Path, typer.Option(help="JSONL of {question_id, text}")],
+    benchmark: Annotated[
+        str | None, typer.Option(help="real-data benchmark whose task's test file to score")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="task of --benchmark")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="data root of --benchmark")] = None,
+    test: Annotated[Path | None, typer.Option(help="test file (instead of --benchmark)")] = None,
+    scorer: Annotated[str | None, typer.Option(help="scorer (default: the task's)")] = None,
+    judge_url: Annotated[
+        str | None, typer.Option(help="math judge: OpenAI-compatible base URL (off by default)")
+    ] = None,
+    judge_model: Annotated[str | None, typer.Option(help="math judge: model name")] = None,
+) -> None:
+    """Score a prediction file against a test file by a published rule (`mmcl list`)."""
+    from mmcl.scoring.judge import Judge
+    from mmcl.scoring.score_file import score_file, task_test_records
+
+    if (benchmark is None) == (test is None):
+        raise MmclError("give either --benchmark with --task and --data-root, or --test")
+    records = None
+    if benchmark is not None:
+        if task is None:
+            raise MmclError("--benchmark needs --task")
+        records, test, default = task_test_records(benchmark, task, data_root)
+        scorer = scorer or default
+    if scorer is None:
+        raise MmclError("--test needs --scorer (`mmcl list` shows the scorers)")
+    if (judge_url is None) != (judge_model is None):
+        raise MmclError("a judge needs both --judge-url and --judge-model")
+    judge = Judge(judge_url, judge_model) if judge_url and judge_model else None
+    summary = score_file(test, predictions, scorer, out, judge, records)
+    console.print(
+        f"{scorer}: {summary['score']:.2f} on {summary['samples']} samples ({test}); "
+        f"{out / 'scores.jsonl'}",
+        highlight=False,
+    )
+
+
 @app.command("list")
 def list_names() -> None:
-    """List benchmarks, methods and model presets."""
+    """List benchmarks, methods, scorers and model presets."""
     from mmcl.data.benchmarks import BENCHMARKS
     from mmcl.methods import all_methods
     from mmcl.models.tiny import PRESETS
@@ -205,6 +271,11 @@ def list_names() -> None:
     console.print("[bold]methods")
     for name, cls in sorted(all_methods().items()):
         console.print(f"  {name:14} {cls.summary}")
+    from mmcl.scoring import RULES
+
+    console.print("[bold]scorers")
+    for name, rule in sorted(RULES.items()):
+        console.print(f"  {name:18} {rule}", highlight=False)
     console.print("[bold]model presets")
     for name, p in PRESETS.items():
         console.print(

@@ -38,6 +38,9 @@ class ModelSettings(_Strict):
 
     backbone: Literal["composed", "hf-native", "pretrained-parts"] = "composed"
     preset: str = Field("tiny", description="embedded model preset (micro, tiny)")
+    base_seed: int = Field(
+        0, description="seed of the embedded base's pretraining (cached apart per seed)"
+    )
     path: Path | None = Field(None, description="hf-native: local model + processor folder")
     vision_path: Path | None = Field(None, description="pretrained-parts: CLIP/SigLIP folder")
     lm_path: Path | None = Field(None, description="pretrained-parts: causal LM folder")
@@ -60,9 +63,33 @@ class ModelSettings(_Strict):
         return self
 
 
+class GeneralSuite(_Strict):
+    """A general-ability suite, never trained on: `builtin` (the embedded base's own skills),
+    `mme` or `pope` (their published layouts under `root`), or a stream YAML's test files."""
+
+    suite: str
+    root: Path | None = Field(None, description="mme/pope: the folder of the released data")
+    prompt_suffix: str = Field("", description="appended to every question of the suite")
+
+
 class EvalSettings(_Strict):
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int = Field(24, ge=1)
+    general: list[GeneralSuite | str] = Field(
+        default_factory=list, description="general suites, evaluated on the base and after steps"
+    )
+    general_every: int = Field(1, ge=1, description="general suites every N steps (and the last)")
+    general_size: int | None = Field(None, ge=1, description="a seeded subset per general task")
+    judge_url: str | None = Field(
+        None, description="math answer judge: OpenAI-compatible base URL (off by default)"
+    )
+    judge_model: str | None = Field(None, description="math answer judge: model name")
+
+    @model_validator(mode="after")
+    def _judge_whole(self) -> EvalSettings:
+        if (self.judge_url is None) != (self.judge_model is None):
+            raise ValueError("a judge needs both eval.judge_url and eval.judge_model")
+        return self
 
 
 class MethodSettings(BaseModel):
@@ -84,6 +111,9 @@ class ExperimentConfig(_Strict):
     method: MethodSettings = MethodSettings()
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
+    track: list[Literal["tensorboard", "wandb", "mlflow"]] | None = Field(
+        None, description="experiment trackers; default: tensorboard when installed; [] for none"
+    )
 
 
 def _format(e: ValidationError, source: str) -> str:

@@ -18,6 +18,7 @@ from mmcl.data.benchmarks import Task
 from mmcl.errors import MmclError
 from mmcl.io import process_state
 from mmcl.metrics import score_task
+from mmcl.scoring.judge import Judge, judge_predictions
 
 if TYPE_CHECKING:
     from mmcl.methods.base import Method
@@ -37,8 +38,13 @@ class TaskResult:
 
 
 def evaluate_task(
-    backbone: Backbone, task: Task, method: Method | None = None, batch_size: int = 64
+    backbone: Backbone,
+    task: Task,
+    method: Method | None = None,
+    batch_size: int = 64,
+    judge: Judge | None = None,
 ) -> TaskResult:
+    """Answer and score every test sample of `task`; a judge (math) extracts answers first."""
     t0 = time.perf_counter()
     records = sorted(task.test, key=lambda r: (len(r.prompt), r.id))
     batches = [records[s : s + batch_size] for s in range(0, len(records), batch_size)]
@@ -74,9 +80,10 @@ def evaluate_task(
         )
     preds = [predictions[r.id] for r in task.test]
     refs = [list(r.references) for r in task.test]
-    scores, score, extra = score_task(task.spec.metric, preds, refs)
+    compared = judge_predictions(task.spec.metric, preds, task.test, judge)
+    scores, score, extra = score_task(task.spec.metric, compared, refs, task.test)
     rows = []
-    for rec, pred, s in zip(task.test, preds, scores, strict=True):
+    for rec, pred, seen, s in zip(task.test, preds, compared, scores, strict=True):
         row = {
             "id": rec.id,
             "prompt": rec.prompt,
@@ -84,6 +91,8 @@ def evaluate_task(
             "reference": list(rec.references),
             "score": s,
         }
+        if seen != pred:  # the judge's extraction is what was scored
+            row["extracted"] = seen
         if rec.id in routes:
             row["route"] = routes[rec.id]
         if rec.media:  # the report shows samples with their media

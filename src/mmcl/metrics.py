@@ -1,7 +1,8 @@
 """Metrics as pure functions: per-sample scorers, and continual metrics on the accuracy matrix.
 
 Scorers take (prediction, references) and return a score in [0, 1]; corpus-level scorers
-(CIDEr, MSVQA) take whole lists. `score_task` applies a task's metric to all its samples.
+(CIDEr, MSVQA) take whole lists; the published rules of mmcl.scoring also read the test
+record. `score_task` applies a task's metric to all its samples.
 Continual metrics follow DESIGN.md, with A[k][i] the score (0-100) on task i after step k.
 """
 
@@ -9,30 +10,39 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from mmcl.errors import MmclError
+
+if TYPE_CHECKING:
+    from mmcl.data.records import Record
 
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().strip().split())
 
 
+def _drop_dots(text: str) -> str:
+    """Dots removed, except a decimal point ("U.S." -> "US", "3.5" stays)."""
+    return re.sub(r"\.(?!\d)|(?<!\d)\.", "", text)
+
+
 def lenient_match(prediction: str, references: Sequence[str]) -> float:
-    """MLLM-CL's lenient matching (RS/AD scorer): lowercased; a multi-word truth must be a
-    substring of the prediction; a one-word truth (dots removed) must appear bounded by a
-    space, '.' or ',' when the prediction has several words, else as a substring."""
-    pred = _norm(prediction)
+    """mmcl's corrected variant of MLLM-CL's RS/AD rule (`mllm-cl-ai2d`): lowercased, spaces
+    normalised, dots (not decimal points) removed on both sides; a multi-word truth must be a
+    substring of the prediction; a one-word truth must be a whole word of a several-word
+    prediction (bounded on both sides by a space, ',' or an end), else a substring."""
+    pred = _drop_dots(_norm(prediction))
     for ref in references:
-        truth = _norm(ref)
+        truth = _drop_dots(_norm(ref))
         if not truth:
             continue
         if len(truth.split()) > 1:
             if truth in pred:
                 return 1.0
             continue
-        truth = truth.replace(".", "")
         if len(pred.split()) > 1:
-            if re.search(rf"(?:^|[\s.,]){re.escape(truth)}(?=$|[\s.,])", pred):
+            if re.search(rf"(?:^|[\s,]){re.escape(truth)}(?=$|[\s,])", pred):
                 return 1.0
         elif truth in pred:
             return 1.0
@@ -52,18 +62,14 @@ def number_match(prediction: str, references: Sequence[str]) -> float:
     return float(any(_number(r) == float(pred) for r in references))
 
 
-def exact_match(prediction: str, references: Sequence[str]) -> float:
-    pred = _norm(prediction).rstrip(".")
-    return float(any(pred == _norm(r).rstrip(".") for r in references))
-
-
 def substring_match(prediction: str, references: Sequence[str]) -> float:
     pred = _norm(prediction)
     return float(any(_norm(r) in pred for r in references if _norm(r)))
 
 
 def compact_exact_match(prediction: str, references: Sequence[str]) -> float:
-    """MLLM-CL's Fin scorer: lowercased exact match after removing every space and dot."""
+    """mmcl's corrected variant of MLLM-CL's Fin rule (`mllm-cl-finvis`): lowercased equality
+    with every space and dot removed from both sides."""
 
     def squash(text: str) -> str:
         return re.sub(r"[\s.]", "", text.lower())
@@ -76,7 +82,6 @@ Scorer = Callable[[str, Sequence[str]], float]
 SCORERS: dict[str, Scorer] = {
     "lenient": lenient_match,
     "number": number_match,
-    "exact": exact_match,
     "substring": substring_match,
     "compact-exact": compact_exact_match,
 }
@@ -84,7 +89,6 @@ SCORERS: dict[str, Scorer] = {
 METRIC_NAMES = {
     "lenient": "accuracy",
     "number": "accuracy",
-    "exact": "exact_match",
     "substring": "accuracy",
     "compact-exact": "exact_match",
 }
@@ -93,11 +97,18 @@ CORPUS_SCORERS: dict[str, CorpusScorer] = {}
 
 
 def score_task(
-    metric: str, predictions: list[str], references: list[list[str]]
+    metric: str,
+    predictions: list[str],
+    references: list[list[str]],
+    records: Sequence[Record] | None = None,
 ) -> tuple[list[float], float, dict[str, float]]:
-    """Score every sample; return (per-sample scores, task score 0-100, extra corpus metrics)."""
+    """Score every sample; return (per-sample scores, task score 0-100, extra corpus metrics).
+    A published rule that reads test-record fields (mmcl.scoring) needs the `records`."""
+    from mmcl.scoring import RECORD_SCORERS
+
     if len(predictions) != len(references):
         raise MmclError(f"{len(predictions)} predictions for {len(references)} samples")
+    extra: dict[str, float] = {}
     if metric in CORPUS_SCORERS:
         scores, extra = CORPUS_SCORERS[metric](predictions, references)
         # A corpus scorer may define the task score itself (msvqa: the VQA score, F1 aside).
@@ -105,12 +116,15 @@ def score_task(
             extra = dict(extra)
             return scores, extra.pop("task_score"), extra
     elif metric in SCORERS:
-        scores, extra = (
-            [SCORERS[metric](p, r) for p, r in zip(predictions, references, strict=True)],
-            {},
-        )
+        scores = [SCORERS[metric](p, r) for p, r in zip(predictions, references, strict=True)]
+    elif metric in RECORD_SCORERS:
+        if records is None or len(records) != len(predictions):
+            raise MmclError(f"scorer {metric} reads the test records; pass one per prediction")
+        rule = RECORD_SCORERS[metric].score
+        scores = [rule(p, r) for p, r in zip(predictions, records, strict=True)]
     else:
-        raise MmclError(f"unknown metric {metric!r}; known: {sorted(SCORERS | CORPUS_SCORERS)}")
+        known = sorted(SCORERS | CORPUS_SCORERS | RECORD_SCORERS)
+        raise MmclError(f"unknown metric {metric!r}; known: {known}")
     return scores, 100.0 * sum(scores) / max(1, len(scores)), extra
 
 
@@ -173,21 +187,15 @@ def detection_f1(hits: int, n_predicted: int, n_reference: int) -> tuple[float, 
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def vqa_score(prediction: str, references: Sequence[str]) -> float:
-    """VQA accuracy min(1, matches / 3) over normalised exact matches; with fewer than three
-    references a single match is full credit."""
-    pred = _norm(prediction).rstrip(".")
-    matches = sum(pred == _norm(r).rstrip(".") for r in references)
-    return min(1.0, matches / min(3, max(1, len(references))))
-
-
 def msvqa_scores(
     predictions: list[str], references: list[list[str]]
 ) -> tuple[list[float], dict[str, float]]:
     """MSVQA scoring: a sample whose reference is boxes is grounding (per-sample score: its box
     F1 at IoU >= 0.5; the task's grounding F1 pools hits over all its boxes), any other sample
-    is a question (VQA score). The task score is the VQA score (grounding F1 if there are no
-    questions); all figures 0-100."""
+    is a question (MICL's `vqa` rule). The task score is the VQA score (grounding F1 if there
+    are no questions); all figures 0-100."""
+    from mmcl.scoring.micl import vqa as vqa_rule
+
     scores: list[float] = []
     hits = n_pred = n_ref = 0
     vqa: list[float] = []
@@ -198,7 +206,7 @@ def msvqa_scores(
             hits, n_pred, n_ref = hits + h, n_pred + len(boxes), n_ref + len(truth)
             scores.append(detection_f1(h, len(boxes), len(truth))[2])
         else:
-            scores.append(vqa_score(pred, refs))
+            scores.append(vqa_rule(pred, refs))
             vqa.append(scores[-1])
     precision, recall, f1 = detection_f1(hits, n_pred, n_ref)
     extra = {
@@ -215,8 +223,6 @@ def msvqa_scores(
 
 CORPUS_SCORERS["msvqa"] = msvqa_scores
 METRIC_NAMES["msvqa"] = "vqa_score"
-SCORERS["vqa"] = vqa_score
-METRIC_NAMES["vqa"] = "vqa_score"
 
 
 # --- captioning (CIDEr-D, BLEU-4, ROUGE-L through pycocoevalcap) -------------------------------
@@ -315,3 +321,7 @@ def continual_metrics(a: Matrix, zero_shot: Sequence[float]) -> dict[str, float]
         "fwt": fwt(a, zero_shot),
         "forgetting": forgetting(a),
     }
+
+
+# The published rules (mmcl.scoring) register into the tables above.
+import mmcl.scoring  # noqa: E402, F401

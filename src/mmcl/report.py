@@ -89,6 +89,10 @@ def write_report(out: Path, res: dict[str, Any]) -> None:
             _table(res["tasks"], [res["routing"]["accuracy"]]),
             "",
         ]
+    if "general" in res:
+        from mmcl.general import general_markdown
+
+        parts += [general_markdown(res), "![general retention](general_retention.png)", ""]
     t = res["timing"]
     parts += [
         "## Timing",
@@ -99,6 +103,10 @@ def write_report(out: Path, res: dict[str, Any]) -> None:
     ]
     write_text(out / "report.md", "\n".join(parts))
     plot_matrix(res, out / "accuracy_matrix.png")
+    if "general" in res:
+        from mmcl.general import plot_retention
+
+        plot_retention(res, out / "general_retention.png")
     write_html(out, res)
 
 
@@ -148,6 +156,9 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 **({"routing": r["routing"]["accuracy"]} if "routing" in r else {}),
                 **({"final_extra": extras} if extras else {}),
                 **({"method_info": r["method_info"]} if "method_info" in r else {}),
+                **(
+                    {"general_retention": r["general"]["final_retention"]} if "general" in r else {}
+                ),
             }
         )
     return rows
@@ -156,8 +167,16 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
     rows = comparison_rows(results)
     tasks = results[0]["tasks"]
+    # general retention (%): what each method keeps of the base's general skill, last step
+    general = any("general_retention" in r for r in rows)
+
+    def kept(r: dict[str, Any]) -> list[Any]:
+        v = r.get("general_retention")
+        return [] if not general else ["–" if v is None else round(100 * v, 2)]
+
     table = _table(
-        ["method", "MFT", "MFN", "MAA", "BWT", "FWT", "Forget.", *tasks, "train s", "eval s"],
+        ["method", "MFT", "MFN", "MAA", "BWT", "FWT", "Forget.", *tasks, "train s", "eval s"]
+        + (["general retention"] if general else []),
         [
             [
                 r["method"] + (" (upper bound)" if r["upper_bound"] else ""),
@@ -165,6 +184,7 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
                 *[r["final"][t] for t in tasks],
                 r["train_s"],
                 r["eval_s"],
+                *kept(r),
             ]
             for r in rows
         ],
@@ -422,6 +442,13 @@ def report_html(out: Path, res: dict[str, Any]) -> str:
                     for k, r in enumerate(per_step)
                 ],
             ),
+        ]
+    if "general" in res and (out / "general_retention.png").is_file():
+        png = (out / "general_retention.png").read_bytes()
+        body += [
+            "<h2>General-ability retention</h2>",
+            '<p class="note">benchmarks never trained on; retention = score / base score</p>',
+            f'<img alt="general retention" src="{_data_uri(png, "image/png")}">',
         ]
     body += [
         "<h2>Samples scored</h2>",

@@ -25,6 +25,7 @@ from mmcl.config import ExperimentConfig
 from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
 from mmcl.evaluate import TaskResult, evaluate_task
+from mmcl.general import GeneralBenchmark, evaluate_general, general_section, is_due, load_general
 from mmcl.io import (
     derive_seed,
     load_tensors,
@@ -35,10 +36,12 @@ from mmcl.io import (
     write_json,
     write_jsonl,
 )
-from mmcl.methods import make_method
+from mmcl.methods import make_method, method_options
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
+from mmcl.scoring.judge import JUDGED, Judge
+from mmcl.tracking import RunTracker, resolve_trackers
 from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
@@ -74,10 +77,10 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         # Audio/video streams get the image base extended with its own encoders (cached apart).
         from mmcl.models.media_pretrain import media_backbone
 
-        return media_backbone(cfg.model.preset, seed=0)
+        return media_backbone(cfg.model.preset, seed=cfg.model.base_seed)
     from mmcl.models.tiny import pretrained_backbone
 
-    return pretrained_backbone(cfg.model.preset, seed=0)
+    return pretrained_backbone(cfg.model.preset, seed=cfg.model.base_seed)
 
 
 def is_main_process() -> bool:
@@ -113,6 +116,16 @@ def _flatten(state: dict[str, Any], prefix: str = "") -> tuple[dict, dict]:
         else:
             rest[k] = v
     return tensors, rest
+
+
+def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
+    """Whether a checkpoint's config gives the results `cfg` gives (tracking may change)."""
+    if not isinstance(saved, dict):
+        return False
+    ours = cfg.model_dump(mode="json")
+    return {k: v for k, v in saved.items() if k != "track"} == {
+        k: v for k, v in ours.items() if k != "track"
+    }
 
 
 def _unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], prefix: str = "") -> dict:
@@ -189,7 +202,7 @@ class Run:
                 log.warning("corrupt checkpoint, trying the previous one: %s", e)
                 problems.append(str(e))
                 continue
-            if state.get("config") != self.cfg.model_dump(mode="json"):
+            if not _same_results_config(state.get("config"), self.cfg):
                 raise MmclError(
                     f"{folder}: the checkpoint was made with another configuration; "
                     "resume with the same config, or use a new --out"
@@ -218,8 +231,11 @@ class Run:
                 f"{self.out} already holds a run; pass --resume to continue it, "
                 "or choose another --out"
             )
+        resolve_trackers(cfg.track)  # a tracker that is not installed fails before any work
+        method_options(cfg.method.name, cfg.method.options())  # a typo fails before the loads
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
+            general = load_general(cfg.eval, cfg.seed)
             backbone = load_backbone(cfg, tasks)
         specs = [t.spec for t in tasks]
         backbone.max_new_tokens = cfg.eval.max_new_tokens
@@ -229,6 +245,9 @@ class Run:
             **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
         )
         found = self._find_checkpoint() if resume else None
+        tracker = RunTracker.open(
+            cfg.track, self.out, cfg.model_dump(mode="json"), [t.name for t in tasks]
+        )
         if found is None:
             state = {
                 "config": cfg.model_dump(mode="json"),
@@ -244,6 +263,8 @@ class Run:
             }
             # The base model is evaluated before the method adds anything to it.
             state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
+            self._general(backbone, None, general, "zero_shot", state)
+            tracker.zero_shot(state["zero_shot"], state.get("general", {}).get("zero_shot"))
             method.setup()
             self._save(ZERO_SHOT_STEP, state, backbone, method)
         else:
@@ -254,20 +275,40 @@ class Run:
             state["rows"] = [state["zero_shot"]] * len(tasks)
         elif method.joint and state["next_step"] == 0:
             merged = Task(specs[0], [r for t in tasks for r in t.train], [])
-            self._train_step(backbone, method, merged, 0, settings, state, all_tasks=tasks)
+            self._train_step(backbone, method, merged, 0, settings, state, tracker, tasks)
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
+            self._general(backbone, method, general, "step0", state)
             state["rows"] = [row] * len(tasks)
+            tracker.after_step(
+                len(tasks) - 1,
+                state,
+                routing,
+                method.report(),
+                state.get("general", {}).get("step0"),
+            )
             state.update(counts=counts, next_step=len(tasks))
             self._save(0, state, backbone, method)
         else:
             for step in range(state["next_step"], len(tasks)):
-                self._train_step(backbone, method, tasks[step], step, settings, state)
+                self._train_step(backbone, method, tasks[step], step, settings, state, tracker)
                 row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
+                if is_due(step, len(tasks), cfg.eval.general_every):
+                    self._general(backbone, method, general, f"step{step}", state)
                 state["rows"].append(row)
                 state["routing"].append(routing)
+                general_now = state.get("general", {}).get(f"step{step}")
+                tracker.after_step(step, state, routing, method.report(), general_now)
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
+        tracker.finish()
         results = self._results(tasks, method, state)
+        if general:
+            tags = [
+                "zero_shot" if not method.trains else "step0" if method.joint else f"step{k}"
+                for k in range(len(tasks))
+            ]
+            results["general"] = general_section(general, state["general"], tags, cfg.eval)
+            results["timing"]["general_eval_s"] = round(state["general_s"], 2)
         if is_main_process():
             from mmcl.report import write_report
 
@@ -283,6 +324,7 @@ class Run:
         step: int,
         settings: TrainSettings,
         state: dict,
+        tracker: RunTracker,
         all_tasks: list[Task] | None = None,
     ) -> None:
         seed_everything(derive_seed(self.cfg.seed, "step", step))
@@ -296,6 +338,7 @@ class Run:
             derive_seed(self.cfg.seed, "train", step),
             method,
             desc=f"{method.name} step {step + 1}: {label}",
+            log=tracker.train_logger("all" if all_tasks else task.name, state),
         )
         state["trained_params"] = sorted(
             set(state["trained_params"]) | set(backbone.trainable_parameters())
@@ -305,12 +348,34 @@ class Run:
         state["train_s"] += stats.seconds + (time.perf_counter() - t_after)
         state["train_samples"] += stats.samples
 
+    def _general(
+        self,
+        backbone: Backbone,
+        method: Method | None,
+        general: list[GeneralBenchmark],
+        tag: str,
+        state: dict,
+    ) -> None:
+        """Evaluate the general suites (never trained on) into state["general"][tag]."""
+        if general:
+            evals, seconds = evaluate_general(
+                backbone,
+                method,
+                general,
+                self.cfg.eval.batch_size,
+                self.out / "predictions" / tag / "general",
+            )
+            state.setdefault("general", {})[tag] = evals
+            state["general_s"] = state.get("general_s", 0.0) + seconds
+
     def _evaluate(
         self, backbone: Backbone, method: Method | None, tasks: list[Task], tag: str, state: dict
     ) -> tuple[list[float], dict, list[float] | None]:
         row, counts, routing, extras = [], {}, [], {}
         for task in tasks:
-            res: TaskResult = evaluate_task(backbone, task, method, self.cfg.eval.batch_size)
+            res: TaskResult = evaluate_task(
+                backbone, task, method, self.cfg.eval.batch_size, self._judge()
+            )
             if is_main_process():
                 write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
             if res.scored != res.total:
@@ -324,6 +389,11 @@ class Run:
         if extras:  # a scorer's figures beside the task score (e.g. grounding F1), per evaluation
             state.setdefault("task_extra", {})[tag] = extras
         return row, counts, (routing if any(r is not None for r in routing) else None)
+
+    def _judge(self) -> Judge | None:
+        """The math answer judge of eval.judge_url/judge_model, if set (off by default)."""
+        ev = self.cfg.eval
+        return Judge(ev.judge_url, ev.judge_model) if ev.judge_url and ev.judge_model else None
 
     def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
         names = [t.name for t in tasks]
@@ -351,6 +421,11 @@ class Run:
             },
             "environment": environment(),
         }
+        if self.cfg.model.backbone == "composed":  # which embedded base: check a claim on two
+            res["base_seed"] = self.cfg.model.base_seed
+        judge = self._judge()
+        if judge is not None and any(t.spec.metric in JUDGED for t in tasks):
+            res["judge"] = judge.describe()
         if method.joint:
             res["upper_bound"] = True
             res["note"] = "joint trains once on all tasks; its one evaluation fills every row"

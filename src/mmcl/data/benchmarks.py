@@ -242,3 +242,8 @@ from mmcl.data.real import MLLM_CL_ACL, MLLM_CL_DCL, RealBenchmark, load_stream 
 
 register_benchmark(MLLM_CL_DCL)
 register_benchmark(MLLM_CL_ACL)
+# MICL's published layout (its annotation dicts and media folders) builds on RealBenchmark.
+from mmcl.data.micl_layout import MICL_TMLR_ORDER_1, MICL_TMLR_ORDER_2  # noqa: E402
+
+register_benchmark(MICL_TMLR_ORDER_1)
+register_benchmark(MICL_TMLR_ORDER_2)

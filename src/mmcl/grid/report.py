@@ -96,6 +96,15 @@ def grid_tables(agg: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
                 ],
             )
         )
+    retained = [
+        [name(m), mean_std(s["general_retention"])]
+        for m, s in methods.items()
+        if s["general_retention"]
+    ]
+    if retained:
+        tables.append(
+            ("General retention after the last task (%)", ["method", "retention"], retained)
+        )
     tables.append(
         (
             "Training time per cell (s)",

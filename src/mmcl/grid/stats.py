@@ -94,9 +94,14 @@ def _method_summary(cells: list[dict[str, Any]], tasks: Sequence[str]) -> dict[s
     # Scores beside the main one (grounding F1, BLEU-4, ...), after the last step, mean over tasks
     extras = [_mean_over_tasks(final_extras(r)) for r in cells]
     extra_keys = sorted(set.intersection(*(set(e) for e in extras)))
+    # What each cell keeps of the base's general skill after the last step (--general), in %
+    retention = [(r.get("general") or {}).get("final_retention") for r in cells]
     return {
         "n": len(cells),
         "upper_bound": any(r.get("upper_bound", False) for r in cells),
+        "general_retention": summarize([100 * v for v in retention])
+        if all(v is not None for v in retention)
+        else None,
         "metrics": {k: summarize([r["metrics"][k] for r in cells]) for k in METRIC_KEYS},
         "train_s": summarize([r["timing"]["train_s"] for r in cells]),
         "tasks": {t: {k: summarize([s[t][k] for s in scores]) for k in kinds} for t in tasks},

@@ -8,7 +8,7 @@ import pkgutil
 from mmcl.config import validate_settings
 from mmcl.data.benchmarks import TaskSpec
 from mmcl.errors import MmclError
-from mmcl.methods.base import Method
+from mmcl.methods.base import Method, MethodOptions
 from mmcl.models.base import Backbone
 
 METHODS: dict[str, type[Method]] = {}
@@ -38,9 +38,13 @@ def all_methods() -> dict[str, type[Method]]:
     return dict(METHODS)
 
 
+def method_options(name: str, options: dict) -> MethodOptions:
+    """A method's validated settings: an unknown name or a misspelt option fails here, before
+    anything heavy (data, the base model) is loaded."""
+    return validate_settings(get_method(name).Options, options, f"method {name!r} settings")
+
+
 def make_method(
     name: str, options: dict, backbone: Backbone, tasks: list[TaskSpec], seed: int
 ) -> Method:
-    cls = get_method(name)
-    opts = validate_settings(cls.Options, options, f"method {name!r} settings")
-    return cls(backbone, opts, tasks, seed)
+    return get_method(name)(backbone, method_options(name, options), tasks, seed)

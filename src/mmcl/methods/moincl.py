@@ -41,8 +41,8 @@ TASK_TYPES = ("caption", "qa")
 
 
 def task_type(spec: TaskSpec) -> str:
-    """Captioning is scored by CIDEr; every other scorer grades answers to questions."""
-    return "caption" if spec.metric == "cider" else "qa"
+    """Captioning is scored by CIDEr (mmcl's or MICL's); every other scorer grades answers."""
+    return "caption" if spec.metric in ("cider", "cider-micl") else "qa"
 
 
 def load_instructions(path: str | Path | None = None) -> dict:

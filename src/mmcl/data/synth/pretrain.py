@@ -72,7 +72,13 @@ def _object(rng: np.random.Generator) -> tuple[str, str, str]:
     return kind, f"{shape}|{colour}", f"a {colour} {shape}"
 
 
-def make_scene(rng: np.random.Generator, split: str) -> Sample:
+# The question forms of the corpus, with the share of each; a caller may ask for one form.
+SCENE_QUESTIONS = (("describe", 0.65), ("colour", 0.8), ("presence", 0.9), ("position", 1.0))
+
+
+def make_scene(rng: np.random.Generator, split: str, question: str | None = None) -> Sample:
+    """A scene and one question about it: of the form `question` (one of SCENE_QUESTIONS), or
+    of a form drawn at the corpus's shares."""
     img, d = canvas(GRID, light_background(rng))
     n = int(rng.integers(1, 7))
     cells = _pick(rng, GRID.cells(), n)
@@ -92,22 +98,23 @@ def make_scene(rng: np.random.Generator, split: str) -> Sample:
             draw_glyph(d, what, GRID.box(r, c, pad=1), COLOURS[colour])
         objs.append(((r, c), kind, name))
     objs.sort()  # reading order
-    mode = rng.random()
-    if mode < 0.65:
+    draw = rng.random()  # drawn either way, so a forced form leaves the scenes as they were
+    mode = question or next(q for q, upto in SCENE_QUESTIONS if draw < upto)
+    if mode == "describe":
         q = "describe the image."
         a = "; ".join(name for _, _, name in objs) + "."
-    elif mode < 0.8:
+    elif mode == "colour":
         (r, c), kind, name = objs[int(rng.integers(0, n))]
         plain = labels[r * GRID.n + c][0]  # kind:value, without the colour
         if (
             kind == "button"
             or sum(labels[rr * GRID.n + cc][0] == plain for (rr, cc), _, _ in objs) > 1
         ):
-            return make_scene(rng, split)
+            return make_scene(rng, split, question)
         if kind == "shape":
             name = f"the {plain.split(':')[1]}"
         q, a = f"what colour is {name}?", labels[r * GRID.n + c][1]
-    elif mode < 0.9:
+    elif mode == "presence":
         present = rng.random() < 0.5
         name = objs[int(rng.integers(0, n))][2] if present else _object(rng)[2]
         q, a = f"is there {name} in the image?", "yes" if name in [o[2] for o in objs] else "no"
