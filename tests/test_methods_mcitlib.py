@@ -1,0 +1,107 @@
+"""The methods MCITlib runs beyond mmcl's own: each one's characteristic mechanism, and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcl.config import load_config
+from mmcl.data.benchmarks import get_benchmark
+from mmcl.methods import all_methods, make_method
+from mmcl.models.tiny import pretrained_backbone
+from mmcl.runner import Run
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return get_benchmark("ability").load(0, 48, 12, ["ocr", "gui"])
+
+
+def _method(name: str, tasks, **options):
+    backbone = pretrained_backbone("micro", seed=0)
+    return make_method(name, options, backbone, [t.spec for t in tasks], seed=0)
+
+
+@torch.no_grad()
+def _perturb(params, scale=0.05, seed=0):
+    """Stands in for training: moves the given parameters (LoRA B starts at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in params.values():
+        p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def _kill_and_resume(tmp_path, overrides, killed_after_first_step) -> tuple[dict, dict]:
+    def run(folder, resume=False):
+        return Run(load_config(None, overrides), folder).execute(resume=resume)
+
+    full = run(tmp_path / "full")
+    with killed_after_first_step():  # stops right after step 0's checkpoint
+        run(tmp_path / "killed")
+    return full, run(tmp_path / "killed", resume=True)
+
+
+def test_listed_with_a_reference():
+    for name in ("hide-llava",):
+        assert "arXiv" in all_methods()[name].summary
+
+
+# --- hide-llava -----------------------------------------------------------------------------
+def test_hide_llava_trains_one_expert_merges_below_and_mixes_on_top(tasks):
+    m = _method("hide-llava", tasks)
+    m.setup()
+    bb, st = m.backbone, m.state
+    batch = bb.collate(tasks[0].train[:4], train=True)
+    m.before_task(tasks[0], 0)
+    assert set(bb.trainable_parameters()) == set(m.expert_parameters(0))
+    bb.forward(batch).loss.backward()  # only the current expert learns
+    grads = {n: p.grad for n, p in bb.core.named_parameters() if ".hide_" in n}
+    assert all(
+        (g is not None) == (".hide_A.0." in n or ".hide_B.0." in n) for n, g in grads.items()
+    )
+    _perturb(m.expert_parameters(0))
+    m.after_task(tasks[0], 0)
+    m.before_task(tasks[1], 1)
+    assert set(bb.trainable_parameters()) == set(m.expert_parameters(1))
+    _perturb(m.expert_parameters(1), seed=1)
+    m.after_task(tasks[1], 1)
+    assert m.prototypes["image"].shape[0] == m.prototypes["text"].shape[0] == 2
+
+    layers = list(m.layers.values())
+    top = [x for x in layers if x.top]
+    assert top and all(".layers.1." in n for n, x in m.layers.items() if x.top)  # micro: 2 layers
+    lower = next(x for x in layers if not x.top)
+    x = torch.randn(2, 3, lower.base_layer.in_features)
+    a = lower.hide_A[0].weight + lower.hide_A[1].weight
+    b = lower.hide_B[0].weight + lower.hide_B[1].weight
+    fused = lower.base_layer(x) + lower.scaling * (x @ a.T @ b.T)  # sum A's, sum B's (MCITlib)
+    torch.testing.assert_close(lower(x), fused)
+    t = top[0]
+    x = torch.randn(2, 3, t.base_layer.in_features)
+    st.weights = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    experts = [t.scaling * t.hide_B[i](t.hide_A[i](x)) for i in (0, 1)]
+    want = t.base_layer(x) + torch.stack(
+        [experts[0][0], 0.25 * experts[0][1] + 0.75 * experts[1][1]]
+    )
+    torch.testing.assert_close(t(x), want)
+
+    # The mixture follows the prototypes: a sample equal to a task's prototypes weighs that
+    # task's expert most.
+    probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
+    image, text = m.features(probe)
+    m.prototypes = {"image": image.cpu(), "text": text.cpu()}
+    w = m.expert_weights(probe)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2))
+    assert w.argmax(-1).tolist() == [0, 1]
+    m.opts.temperature = 1e-3  # a sharp softmax picks one expert
+    assert m.expert_weights(probe).max(-1).values.min() > 0.99
+
+
+def test_hide_llava_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step
+):
+    full, resumed = _kill_and_resume(
+        tmp_path, {**micro_overrides, "method.name": "hide-llava"}, killed_after_first_step
+    )
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["method_info"] == full["method_info"]
+    assert resumed["method_info"]["experts"] == 2
