@@ -41,7 +41,7 @@ def _kill_and_resume(tmp_path, overrides, killed_after_first_step) -> tuple[dict
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava",):
+    for name in ("hide-llava", "disco"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -54,9 +54,9 @@ def test_hide_llava_trains_one_expert_merges_below_and_mixes_on_top(tasks):
     m.before_task(tasks[0], 0)
     assert set(bb.trainable_parameters()) == set(m.expert_parameters(0))
     bb.forward(batch).loss.backward()  # only the current expert learns
-    grads = {n: p.grad for n, p in bb.core.named_parameters() if ".hide_" in n}
+    grads = {n: p.grad for n, p in bb.core.named_parameters() if ".expert_" in n}
     assert all(
-        (g is not None) == (".hide_A.0." in n or ".hide_B.0." in n) for n, g in grads.items()
+        (g is not None) == (".expert_A.0." in n or ".expert_B.0." in n) for n, g in grads.items()
     )
     _perturb(m.expert_parameters(0))
     m.after_task(tasks[0], 0)
@@ -67,18 +67,18 @@ def test_hide_llava_trains_one_expert_merges_below_and_mixes_on_top(tasks):
     assert m.prototypes["image"].shape[0] == m.prototypes["text"].shape[0] == 2
 
     layers = list(m.layers.values())
-    top = [x for x in layers if x.top]
-    assert top and all(".layers.1." in n for n, x in m.layers.items() if x.top)  # micro: 2 layers
-    lower = next(x for x in layers if not x.top)
+    top = [x for x in layers if x.mix]
+    assert top and all(".layers.1." in n for n, x in m.layers.items() if x.mix)  # micro: 2 layers
+    lower = next(x for x in layers if not x.mix)
     x = torch.randn(2, 3, lower.base_layer.in_features)
-    a = lower.hide_A[0].weight + lower.hide_A[1].weight
-    b = lower.hide_B[0].weight + lower.hide_B[1].weight
+    a = lower.expert_A[0].weight + lower.expert_A[1].weight
+    b = lower.expert_B[0].weight + lower.expert_B[1].weight
     fused = lower.base_layer(x) + lower.scaling * (x @ a.T @ b.T)  # sum A's, sum B's (MCITlib)
     torch.testing.assert_close(lower(x), fused)
     t = top[0]
     x = torch.randn(2, 3, t.base_layer.in_features)
     st.weights = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
-    experts = [t.scaling * t.hide_B[i](t.hide_A[i](x)) for i in (0, 1)]
+    experts = [t.scaling * t.expert_B[i](t.expert_A[i](x)) for i in (0, 1)]
     want = t.base_layer(x) + torch.stack(
         [experts[0][0], 0.25 * experts[0][1] + 0.75 * experts[1][1]]
     )
@@ -87,8 +87,7 @@ def test_hide_llava_trains_one_expert_merges_below_and_mixes_on_top(tasks):
     # The mixture follows the prototypes: a sample equal to a task's prototypes weighs that
     # task's expert most.
     probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
-    image, text = m.features(probe)
-    m.prototypes = {"image": image.cpu(), "text": text.cpu()}
+    m.prototypes = m.features(probe)
     w = m.expert_weights(probe)
     torch.testing.assert_close(w.sum(-1), torch.ones(2))
     assert w.argmax(-1).tolist() == [0, 1]
@@ -105,3 +104,47 @@ def test_hide_llava_kill_and_resume_gives_the_same_matrix(
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["method_info"] == full["method_info"]
     assert resumed["method_info"]["experts"] == 2
+
+
+# --- disco ----------------------------------------------------------------------------------
+def test_disco_every_layer_activates_subspaces_by_the_text_signature(tasks):
+    m = _method("disco", tasks)
+    m.setup()
+    bb, st = m.backbone, m.state
+    for k in (0, 1):
+        m.before_task(tasks[k], k)
+        assert set(bb.trainable_parameters()) == set(m.expert_parameters(k))
+        _perturb(m.expert_parameters(k), seed=k)
+        m.after_task(tasks[k], k)
+    assert all(x.mix for x in m.layers.values())  # no layer merges: subspaces stay apart
+    assert set(m.prototypes) == {"text"}  # the reference's text-only signature
+    x = torch.randn(2, 3, next(iter(m.layers.values())).base_layer.in_features)
+    st.weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for layer in m.layers.values():  # one-hot weights: exactly one task's LoRA per sample
+        if layer.base_layer.in_features != x.shape[-1]:
+            continue
+        own = [layer.scaling * layer.expert_B[i](layer.expert_A[i](x[i])) for i in (0, 1)]
+        torch.testing.assert_close(layer(x), layer.base_layer(x) + torch.stack(own))
+
+    probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
+    feats = m.features(probe)
+    m.prototypes = {"text": feats["text"]}
+    w = m.expert_weights(probe)
+    assert w.argmax(-1).tolist() == [0, 1]
+    # Only the text signature counts: image prototypes, even swapped ones, change nothing.
+    m.prototypes["image"] = feats["image"].flip(0)
+    torch.testing.assert_close(m.expert_weights(probe), w)
+    assert m.predict(probe) is None and st.weights.shape == (2, 2)
+    gen = bb.generate(probe)  # the mixture runs through generation (KV cache, same batch)
+    assert len(gen) == 2
+
+
+def test_disco_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step
+):
+    full, resumed = _kill_and_resume(
+        tmp_path, {**micro_overrides, "method.name": "disco"}, killed_after_first_step
+    )
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["method_info"] == full["method_info"]
+    assert len(resumed["method_info"]["mean_top_weight_per_step"]) == 2
