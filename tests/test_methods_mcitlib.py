@@ -41,7 +41,7 @@ def _kill_and_resume(tmp_path, overrides, killed_after_first_step) -> tuple[dict
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava", "disco"):
+    for name in ("hide-llava", "disco", "cl-moe"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -148,3 +148,63 @@ def test_disco_kill_and_resume_gives_the_same_matrix(
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["method_info"] == full["method_info"]
     assert len(resumed["method_info"]["mean_top_weight_per_step"]) == 2
+
+
+# --- cl-moe ---------------------------------------------------------------------------------
+def test_cl_moe_counts_task_experts_and_updates_them_with_momentum(tasks):
+    m = _method("cl-moe", tasks, experts=4, task_experts=2, momentum=0.7)
+    m.setup()
+    bb = m.backbone
+
+    def favour(experts):  # gates that send every token to `experts` first
+        with torch.no_grad():
+            for layer in m.layers.values():
+                layer.moe_gate.weight.zero_()
+                bias = torch.tensor([3.0 if e in experts else 0.0 for e in range(4)])
+                bias[experts[0]] += 1.0  # no ties between the top two
+                layer.moe_gate.weight[:, 0] = bias  # the inputs below are all ones
+
+    bb.model.train()
+    m.before_task(tasks[0], 0)
+    favour([2, 3])
+    with torch.no_grad():
+        layer = next(iter(m.layers.values()))
+        x = torch.ones(1, 5, layer.base_layer.in_features)
+        layer(x)  # every token: top-2 = {2, 3}
+    assert m.counts.tolist() == [0, 0, 5, 5]
+    m.after_task(tasks[0], 0)
+    assert m.task_top == [[2, 3]]
+
+    m.before_task(tasks[1], 1)
+    old = {n: p.detach().clone() for n, p in bb.trainable_parameters().items()}
+    favour([0, 1])
+    with torch.no_grad():
+        layer(x)
+    _perturb(bb.trainable_parameters(), seed=3)  # "training" on task 1
+    new = {n: p.detach().clone() for n, p in bb.trainable_parameters().items()}
+    m.after_task(tasks[1], 1)
+    assert m.task_top == [[2, 3], [0, 1]]  # task 1 leaves experts 2 and 3 of task 0
+    name, layer = next(iter(m.layers.items()))
+    r = layer.rank
+    a_old, a_new = old[f"{name}.moe_A.weight"], new[f"{name}.moe_A.weight"]
+    a = layer.moe_A.weight
+    torch.testing.assert_close(a[:r], 0.7 * a_old[:r] + 0.3 * a_new[:r])  # expert 0: shared
+    torch.testing.assert_close(
+        a[2 * r : 3 * r], 0.3 * a_old[2 * r : 3 * r] + 0.7 * a_new[2 * r : 3 * r]
+    )
+    b_old, b_new = old[f"{name}.moe_B.weight"], new[f"{name}.moe_B.weight"]
+    torch.testing.assert_close(
+        layer.moe_B.weight[:, 3 * r :], 0.3 * b_old[:, 3 * r :] + 0.7 * b_new[:, 3 * r :]
+    )
+    torch.testing.assert_close(layer.moe_gate.weight, new[f"{name}.moe_gate.weight"])  # gate: new
+
+
+def test_cl_moe_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step
+):
+    full, resumed = _kill_and_resume(
+        tmp_path, {**micro_overrides, "method.name": "cl-moe"}, killed_after_first_step
+    )
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["method_info"] == full["method_info"]
+    assert len(resumed["method_info"]["task_experts"]) == 2
