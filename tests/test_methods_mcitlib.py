@@ -41,7 +41,7 @@ def _kill_and_resume(tmp_path, overrides, killed_after_first_step) -> tuple[dict
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava", "disco", "cl-moe"):
+    for name in ("hide-llava", "disco", "cl-moe", "sefe"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -208,3 +208,64 @@ def test_cl_moe_kill_and_resume_gives_the_same_matrix(
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["method_info"] == full["method_info"]
     assert len(resumed["method_info"]["task_experts"]) == 2
+
+
+# --- sefe -----------------------------------------------------------------------------------
+def test_sefe_answer_styles_are_right_and_only_a_fraction_is_rewritten(tasks):
+    m = _method("sefe", tasks, asd_fraction=0.5)
+    task = tasks[0]
+    out = m.train_records(task)
+    assert [r.id for r in out] == [r.id for r in task.train]  # nothing dropped or added
+    changed = [(a, b) for a, b in zip(task.train, out, strict=True) if a.turns != b.turns]
+    assert len(changed) == m.rewritten[0] == round(0.5 * len(task.train)) - m.unchanged[0]
+    assert changed
+    for orig, new in changed:
+        assert new.prompt.startswith(orig.prompt) and new.media == orig.media
+        if new.answer in ("yes", "no"):
+            candidate = new.prompt.rsplit('is the answer "', 1)[1].split('"?')[0]
+            assert (candidate == orig.answer) == (new.answer == "yes")
+        else:
+            options = new.prompt.rsplit("options: ", 1)[1].split("\n")[0]
+            assert f"{new.answer}. {orig.answer}" in options  # the letter names the answer
+    assert m.train_records(task) == out  # seeded: the same rewrite every time
+
+
+def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
+    m = _method("sefe", tasks, key_fraction=0.1, reg_weight=2.0)
+    bb = m.backbone
+    m.before_task(tasks[0], 0)
+    batch = bb.collate(tasks[0].train[:2], train=True)
+    assert m.loss(batch, bb.forward(batch)) == {}  # no earlier task yet
+    _perturb(bb.adapter_parameters("task0"))
+    m.after_task(tasks[0], 0)
+    layers = m._lora_layers("task0")
+    for n, layer in layers.items():  # the key elements: the top 10% of |dW| of task 0
+        d = m.delta(layer, "task0").abs()
+        mask = m.key_masks[n]
+        assert int(mask.sum()) == int(0.1 * d.numel())
+        assert d[mask].min() >= d[~mask].max()
+    m.before_task(tasks[1], 1)
+    assert bb.model.active_adapters == ["task0", "task1"]
+    assert all(".task1." in n for n in bb.trainable_parameters())
+    _perturb(bb.adapter_parameters("task1"), seed=1)
+    by_hand = torch.stack(
+        [m.delta(layer, "task1").abs()[m.key_masks[n]].mean() for n, layer in layers.items()]
+    ).mean()
+    loss = m.loss(batch, bb.forward(batch))["reglora"]
+    assert loss.item() == pytest.approx(2.0 * by_hand.item(), rel=1e-5)
+    loss.backward()
+    assert all(layer.lora_A["task0"].weight.grad is None for layer in layers.values())
+    assert all(layer.lora_B["task1"].weight.grad.abs().sum() > 0 for layer in layers.values())
+    m.after_task(tasks[1], 1)  # task 1's key elements join task 0's
+    assert all(int(mask.sum()) >= int(0.1 * mask.numel()) for mask in m.key_masks.values())
+
+
+def test_sefe_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step
+):
+    full, resumed = _kill_and_resume(
+        tmp_path, {**micro_overrides, "method.name": "sefe"}, killed_after_first_step
+    )
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["method_info"] == full["method_info"]
+    assert resumed["method_info"]["key_elements"] > 0
