@@ -10,6 +10,7 @@ from mmcl.data.benchmarks import get_benchmark
 from mmcl.methods import all_methods, make_method
 from mmcl.models.tiny import pretrained_backbone
 from mmcl.runner import Run
+from tiny_hf import one_thread, save_tiny_llava, save_tiny_qwen2vl, write_colour_stream  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +270,38 @@ def test_sefe_kill_and_resume_gives_the_same_matrix(
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["method_info"] == full["method_info"]
     assert resumed["method_info"]["key_elements"] > 0
+
+
+# --- every new method on hf-native models ---------------------------------------------------
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        "llava": save_tiny_llava(root / "llava"),
+        "qwen2vl": save_tiny_qwen2vl(root / "qwen2vl"),
+    }
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(  # each method once, the prototype routers on both kinds of model
+    ("method", "arch"),
+    [("hide-llava", "llava"), ("disco", "qwen2vl"), ("cl-moe", "qwen2vl"), ("sefe", "llava")],
+)
+def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
+    stream = write_colour_stream(tmp_path / "data", ["first", "second"], n_train=16, n_test=6)
+    cfg = load_config(
+        None,
+        {
+            "benchmark": str(stream),
+            "model.backbone": "hf-native",
+            "model.path": str(hf_models[arch]),
+            "method.name": method,
+            "train.epochs": 1,
+            "train.batch_size": 8,
+            "eval.batch_size": 4,
+            "eval.max_new_tokens": 4,
+        },
+    )
+    res = Run(cfg, tmp_path / "run").execute()
+    assert res["counts"] == {n: {"scored": 6, "total": 6} for n in res["tasks"]}
+    assert len(res["accuracy_matrix"]) == 2
