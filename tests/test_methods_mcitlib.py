@@ -7,9 +7,9 @@ import torch
 
 from mmcl.config import load_config
 from mmcl.data.benchmarks import get_benchmark
-from mmcl.methods import all_methods, make_method
-from mmcl.models.tiny import pretrained_backbone
+from mmcl.methods import all_methods
 from mmcl.runner import Run
+from test_methods_baselines import _method, _perturb
 from tiny_hf import one_thread, save_tiny_llava, save_tiny_qwen2vl, write_colour_stream  # noqa: F401
 
 
@@ -18,27 +18,33 @@ def tasks():
     return get_benchmark("ability").load(0, 48, 12, ["ocr", "gui"])
 
 
-def _method(name: str, tasks, **options):
-    backbone = pretrained_backbone("micro", seed=0)
-    return make_method(name, options, backbone, [t.spec for t in tasks], seed=0)
+@pytest.mark.parametrize(
+    ("method", "info", "want"),
+    [
+        ("hide-llava", "experts", 2),
+        ("disco", "experts", 2),
+        ("cl-moe", "task_experts", None),
+        ("sefe", "adapters", 2),
+    ],
+)
+def test_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step, method, info, want
+):
+    overrides = {**micro_overrides, "method.name": method}
 
-
-@torch.no_grad()
-def _perturb(params, scale=0.05, seed=0):
-    """Stands in for training: moves the given parameters (LoRA B starts at zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    for p in params.values():
-        p.add_(scale * torch.randn(p.shape, generator=gen))
-
-
-def _kill_and_resume(tmp_path, overrides, killed_after_first_step) -> tuple[dict, dict]:
     def run(folder, resume=False):
         return Run(load_config(None, overrides), folder).execute(resume=resume)
 
     full = run(tmp_path / "full")
     with killed_after_first_step():  # stops right after step 0's checkpoint
         run(tmp_path / "killed")
-    return full, run(tmp_path / "killed", resume=True)
+    resumed = run(tmp_path / "killed", resume=True)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["method_info"] == full["method_info"]
+    if info == "task_experts":  # which experts each task claimed: two of four, whichever
+        assert [len(t) for t in resumed["method_info"][info]] == [2, 2]
+    else:
+        assert resumed["method_info"][info] == want
 
 
 def test_listed_with_a_reference():
@@ -96,17 +102,6 @@ def test_hide_llava_trains_one_expert_merges_below_and_mixes_on_top(tasks):
     assert m.expert_weights(probe).max(-1).values.min() > 0.99
 
 
-def test_hide_llava_kill_and_resume_gives_the_same_matrix(
-    tmp_path, micro_overrides, killed_after_first_step
-):
-    full, resumed = _kill_and_resume(
-        tmp_path, {**micro_overrides, "method.name": "hide-llava"}, killed_after_first_step
-    )
-    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-    assert resumed["method_info"] == full["method_info"]
-    assert resumed["method_info"]["experts"] == 2
-
-
 # --- disco ----------------------------------------------------------------------------------
 def test_disco_every_layer_activates_subspaces_by_the_text_signature(tasks):
     m = _method("disco", tasks)
@@ -138,17 +133,6 @@ def test_disco_every_layer_activates_subspaces_by_the_text_signature(tasks):
     assert m.predict(probe) is None and st.weights.shape == (2, 2)
     gen = bb.generate(probe)  # the mixture runs through generation (KV cache, same batch)
     assert len(gen) == 2
-
-
-def test_disco_kill_and_resume_gives_the_same_matrix(
-    tmp_path, micro_overrides, killed_after_first_step
-):
-    full, resumed = _kill_and_resume(
-        tmp_path, {**micro_overrides, "method.name": "disco"}, killed_after_first_step
-    )
-    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-    assert resumed["method_info"] == full["method_info"]
-    assert len(resumed["method_info"]["mean_top_weight_per_step"]) == 2
 
 
 # --- cl-moe ---------------------------------------------------------------------------------
@@ -200,17 +184,6 @@ def test_cl_moe_counts_task_experts_and_updates_them_with_momentum(tasks):
     torch.testing.assert_close(layer.moe_gate.weight, new[f"{name}.moe_gate.weight"])  # gate: new
 
 
-def test_cl_moe_kill_and_resume_gives_the_same_matrix(
-    tmp_path, micro_overrides, killed_after_first_step
-):
-    full, resumed = _kill_and_resume(
-        tmp_path, {**micro_overrides, "method.name": "cl-moe"}, killed_after_first_step
-    )
-    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-    assert resumed["method_info"] == full["method_info"]
-    assert len(resumed["method_info"]["task_experts"]) == 2
-
-
 # --- sefe -----------------------------------------------------------------------------------
 def test_sefe_answer_styles_are_right_and_only_a_fraction_is_rewritten(tasks):
     m = _method("sefe", tasks, asd_fraction=0.5)
@@ -259,17 +232,6 @@ def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
     assert all(layer.lora_B["task1"].weight.grad.abs().sum() > 0 for layer in layers.values())
     m.after_task(tasks[1], 1)  # task 1's key elements join task 0's
     assert all(int(mask.sum()) >= int(0.1 * mask.numel()) for mask in m.key_masks.values())
-
-
-def test_sefe_kill_and_resume_gives_the_same_matrix(
-    tmp_path, micro_overrides, killed_after_first_step
-):
-    full, resumed = _kill_and_resume(
-        tmp_path, {**micro_overrides, "method.name": "sefe"}, killed_after_first_step
-    )
-    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
-    assert resumed["method_info"] == full["method_info"]
-    assert resumed["method_info"]["key_elements"] > 0
 
 
 # --- every new method on hf-native models ---------------------------------------------------
