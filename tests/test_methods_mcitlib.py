@@ -10,7 +10,7 @@ from mmcl.data.benchmarks import get_benchmark
 from mmcl.methods import all_methods
 from mmcl.runner import Run
 from test_methods_baselines import _method, _perturb
-from tiny_hf import one_thread, save_tiny_llava, save_tiny_qwen2vl, write_colour_stream  # noqa: F401
+from tiny_hf import micro_stream_config, one_thread, save_tiny_llava, save_tiny_qwen2vl  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -250,20 +250,7 @@ def hf_models(tmp_path_factory):
     [("hide-llava", "llava"), ("disco", "qwen2vl"), ("cl-moe", "qwen2vl"), ("sefe", "llava")],
 )
 def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
-    stream = write_colour_stream(tmp_path / "data", ["first", "second"], n_train=16, n_test=6)
-    cfg = load_config(
-        None,
-        {
-            "benchmark": str(stream),
-            "model.backbone": "hf-native",
-            "model.path": str(hf_models[arch]),
-            "method.name": method,
-            "train.epochs": 1,
-            "train.batch_size": 8,
-            "eval.batch_size": 4,
-            "eval.max_new_tokens": 4,
-        },
-    )
+    cfg = micro_stream_config(tmp_path / "data", hf_models[arch], method)
     res = Run(cfg, tmp_path / "run").execute()
     assert res["counts"] == {n: {"scored": 6, "total": 6} for n in res["tasks"]}
     assert len(res["accuracy_matrix"]) == 2
