@@ -19,10 +19,10 @@ from mmcl.models.hf_native import load_hf_native
 from mmcl.runner import Run
 from tiny_hf import (
     colour_records,
+    micro_stream_config,
     one_thread,  # noqa: F401 (a fixture)
     save_tiny_llava,
     save_tiny_qwen2vl,
-    write_colour_stream,
 )
 
 ARCHS = ["llava", "qwen2vl"]
@@ -155,20 +155,7 @@ def test_loading_errors_name_the_key(tmp_path, model_dirs):
 @pytest.mark.parametrize("method", STREAM_METHODS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_micro_stream(tmp_path, model_dirs, arch, method):
-    stream = write_colour_stream(tmp_path / "data", ["first", "second"], n_train=16, n_test=6)
-    cfg = load_config(
-        None,
-        {
-            "benchmark": str(stream),
-            "model.backbone": "hf-native",
-            "model.path": str(model_dirs[arch]),
-            "method.name": method,
-            "train.epochs": 1,
-            "train.batch_size": 8,
-            "eval.batch_size": 4,
-            "eval.max_new_tokens": 4,
-        },
-    )
+    cfg = micro_stream_config(tmp_path / "data", model_dirs[arch], method)
     res = Run(cfg, tmp_path / "run").execute()
     assert res["tasks"] == ["first", "second"]
     assert res["counts"] == {n: {"scored": 6, "total": 6} for n in res["tasks"]}

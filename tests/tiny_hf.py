@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from mmcl.config import ExperimentConfig, load_config
 from mmcl.models.tiny import train_tokenizer
 
 
@@ -229,3 +230,22 @@ def write_colour_stream(root: Path, tasks: list[str], n_train: int, n_test: int)
     path = root / "stream.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def micro_stream_config(data: Path, model_dir: Path, method: str) -> ExperimentConfig:
+    """A 2-task colour stream (16 train, 6 test samples each) in `data`, and the config of a
+    short run of `method` on it with the hf-native model saved in `model_dir`."""
+    stream = write_colour_stream(data, ["first", "second"], n_train=16, n_test=6)
+    return load_config(
+        None,
+        {
+            "benchmark": str(stream),
+            "model.backbone": "hf-native",
+            "model.path": str(model_dir),
+            "method.name": method,
+            "train.epochs": 1,
+            "train.batch_size": 8,
+            "eval.batch_size": 4,
+            "eval.max_new_tokens": 4,
+        },
+    )

@@ -63,7 +63,9 @@ class Method:
         """After training on `task`: consolidate (Fisher, teachers, freezing, routers)."""
 
     def predict(self, batch: Batch) -> list[str] | None:
-        """Which adapter answers each sample of a test batch; None: the active model."""
+        """Which adapter answers each sample of a test batch; None: the active model. The
+        evaluator generates right after, so a method may also set per-sample state of its own
+        layers here (mixture weights: hide-llava, disco)."""
         return None
 
     def report(self) -> dict[str, Any]:

@@ -204,6 +204,32 @@ class Backbone(ABC):
             self.model.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    def media_mask(self, batch: Batch) -> torch.Tensor:
+        """(B, L) True at the positions of the batch that hold media (image/audio/video)
+        features rather than text tokens."""
+        raise MmclError(f"{type(self).__name__} does not mark its media tokens")
+
+    @torch.no_grad()
+    def modality_features(
+        self, batch: Batch, adapter_names: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(media, text), (B, H) each: the last hidden state pooled over the prompt's media
+        tokens and over its text tokens (zeros where a prompt has none); the features that
+        prototype routers (HiDe-LLaVA, DISCO) compare with each task's prototype."""
+        self.model.eval()
+        kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
+        _, h = self._forward(batch, True, **kw)
+        prompt = batch.attention_mask.bool()
+        if batch.labels is not None:
+            prompt &= batch.labels == IGNORE
+        media = self.media_mask(batch) & prompt
+
+        def pool(m: torch.Tensor) -> torch.Tensor:
+            m = m.unsqueeze(-1).to(h.dtype)
+            return ((h * m).sum(1) / m.sum(1).clamp(min=1)).float()
+
+        return pool(media), pool(prompt & ~media)
+
     # --- LoRA adapters through peft ---------------------------------------------------------
     @property
     def adapters(self) -> list[str]:

@@ -155,6 +155,10 @@ class ComposedBackbone(Backbone):
         model = self.core.encoders["image"].model  # transformers 5: no `.vision_model` level
         return list(getattr(model, "vision_model", model).encoder.layers)
 
+    def media_mask(self, batch: Batch) -> torch.Tensor:
+        ids = torch.tensor(list(self.core.token_ids.values()), device=batch.input_ids.device)
+        return torch.isin(batch.input_ids, ids)
+
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         out: list[int] = []

@@ -131,6 +131,14 @@ class HFNativeBackbone(Backbone):
         layers = layer if isinstance(layer, list | tuple) else [layer]
         return list(self._blocks)[: max(k if k >= 0 else n + 1 + k for k in layers)]
 
+    def media_mask(self, batch: Batch) -> torch.Tensor:
+        cfg = self.core.config
+        names = ("image_token_id", "image_token_index", "video_token_id", "audio_token_id")
+        ids = [i for i in (getattr(cfg, n, None) for n in names) if isinstance(i, int)]
+        if not ids:
+            raise MmclError(f"{type(self.core).__name__}: its config names no media token id")
+        return torch.isin(batch.input_ids, torch.tensor(ids, device=batch.input_ids.device))
+
     # --- prompts ----------------------------------------------------------------------------
     def _render(self, messages: list[dict], generation: bool) -> str:
         return self.processor.apply_chat_template(

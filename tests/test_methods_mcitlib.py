@@ -1,0 +1,256 @@
+"""The methods MCITlib runs beyond mmcl's own: each one's characteristic mechanism, and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcl.config import load_config
+from mmcl.data.benchmarks import get_benchmark
+from mmcl.methods import all_methods
+from mmcl.runner import Run
+from test_methods_baselines import _method, _perturb
+from tiny_hf import micro_stream_config, one_thread, save_tiny_llava, save_tiny_qwen2vl  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return get_benchmark("ability").load(0, 48, 12, ["ocr", "gui"])
+
+
+@pytest.mark.parametrize(
+    ("method", "info", "want"),
+    [
+        ("hide-llava", "experts", 2),
+        ("disco", "experts", 2),
+        ("cl-moe", "task_experts", None),
+        ("sefe", "adapters", 2),
+    ],
+)
+def test_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step, method, info, want
+):
+    overrides = {**micro_overrides, "method.name": method}
+
+    def run(folder, resume=False):
+        return Run(load_config(None, overrides), folder).execute(resume=resume)
+
+    full = run(tmp_path / "full")
+    with killed_after_first_step():  # stops right after step 0's checkpoint
+        run(tmp_path / "killed")
+    resumed = run(tmp_path / "killed", resume=True)
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["method_info"] == full["method_info"]
+    if info == "task_experts":  # which experts each task claimed: two of four, whichever
+        assert [len(t) for t in resumed["method_info"][info]] == [2, 2]
+    else:
+        assert resumed["method_info"][info] == want
+
+
+def test_listed_with_a_reference():
+    for name in ("hide-llava", "disco", "cl-moe", "sefe"):
+        assert "arXiv" in all_methods()[name].summary
+
+
+# --- hide-llava -----------------------------------------------------------------------------
+def test_hide_llava_trains_one_expert_merges_below_and_mixes_on_top(tasks):
+    m = _method("hide-llava", tasks)
+    m.setup()
+    bb, st = m.backbone, m.state
+    batch = bb.collate(tasks[0].train[:4], train=True)
+    m.before_task(tasks[0], 0)
+    assert set(bb.trainable_parameters()) == set(m.expert_parameters(0))
+    bb.forward(batch).loss.backward()  # only the current expert learns
+    grads = {n: p.grad for n, p in bb.core.named_parameters() if ".expert_" in n}
+    assert all(
+        (g is not None) == (".expert_A.0." in n or ".expert_B.0." in n) for n, g in grads.items()
+    )
+    _perturb(m.expert_parameters(0))
+    m.after_task(tasks[0], 0)
+    m.before_task(tasks[1], 1)
+    assert set(bb.trainable_parameters()) == set(m.expert_parameters(1))
+    _perturb(m.expert_parameters(1), seed=1)
+    m.after_task(tasks[1], 1)
+    assert m.prototypes["image"].shape[0] == m.prototypes["text"].shape[0] == 2
+
+    layers = list(m.layers.values())
+    top = [x for x in layers if x.mix]
+    assert top and all(".layers.1." in n for n, x in m.layers.items() if x.mix)  # micro: 2 layers
+    lower = next(x for x in layers if not x.mix)
+    x = torch.randn(2, 3, lower.base_layer.in_features)
+    a = lower.expert_A[0].weight + lower.expert_A[1].weight
+    b = lower.expert_B[0].weight + lower.expert_B[1].weight
+    fused = lower.base_layer(x) + lower.scaling * (x @ a.T @ b.T)  # sum A's, sum B's (MCITlib)
+    torch.testing.assert_close(lower(x), fused)
+    t = top[0]
+    x = torch.randn(2, 3, t.base_layer.in_features)
+    st.weights = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    experts = [t.scaling * t.expert_B[i](t.expert_A[i](x)) for i in (0, 1)]
+    want = t.base_layer(x) + torch.stack(
+        [experts[0][0], 0.25 * experts[0][1] + 0.75 * experts[1][1]]
+    )
+    torch.testing.assert_close(t(x), want)
+
+    # The mixture follows the prototypes: a sample equal to a task's prototypes weighs that
+    # task's expert most.
+    probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
+    m.prototypes = m.features(probe)
+    w = m.expert_weights(probe)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2))
+    assert w.argmax(-1).tolist() == [0, 1]
+    m.opts.temperature = 1e-3  # a sharp softmax picks one expert
+    assert m.expert_weights(probe).max(-1).values.min() > 0.99
+
+
+# --- disco ----------------------------------------------------------------------------------
+def test_disco_every_layer_activates_subspaces_by_the_text_signature(tasks):
+    m = _method("disco", tasks)
+    m.setup()
+    bb, st = m.backbone, m.state
+    for k in (0, 1):
+        m.before_task(tasks[k], k)
+        assert set(bb.trainable_parameters()) == set(m.expert_parameters(k))
+        _perturb(m.expert_parameters(k), seed=k)
+        m.after_task(tasks[k], k)
+    assert all(x.mix for x in m.layers.values())  # no layer merges: subspaces stay apart
+    assert set(m.prototypes) == {"text"}  # the reference's text-only signature
+    x = torch.randn(2, 3, next(iter(m.layers.values())).base_layer.in_features)
+    st.weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for layer in m.layers.values():  # one-hot weights: exactly one task's LoRA per sample
+        if layer.base_layer.in_features != x.shape[-1]:
+            continue
+        own = [layer.scaling * layer.expert_B[i](layer.expert_A[i](x[i])) for i in (0, 1)]
+        torch.testing.assert_close(layer(x), layer.base_layer(x) + torch.stack(own))
+
+    probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
+    feats = m.features(probe)
+    m.prototypes = {"text": feats["text"]}
+    w = m.expert_weights(probe)
+    assert w.argmax(-1).tolist() == [0, 1]
+    # Only the text signature counts: image prototypes, even swapped ones, change nothing.
+    m.prototypes["image"] = feats["image"].flip(0)
+    torch.testing.assert_close(m.expert_weights(probe), w)
+    assert m.predict(probe) is None and st.weights.shape == (2, 2)
+    gen = bb.generate(probe)  # the mixture runs through generation (KV cache, same batch)
+    assert len(gen) == 2
+
+
+# --- cl-moe ---------------------------------------------------------------------------------
+def test_cl_moe_counts_task_experts_and_updates_them_with_momentum(tasks):
+    m = _method("cl-moe", tasks, experts=4, task_experts=2, momentum=0.7)
+    m.setup()
+    bb = m.backbone
+
+    def favour(experts):  # gates that send every token to `experts` first
+        with torch.no_grad():
+            for layer in m.layers.values():
+                layer.moe_gate.weight.zero_()
+                bias = torch.tensor([3.0 if e in experts else 0.0 for e in range(4)])
+                bias[experts[0]] += 1.0  # no ties between the top two
+                layer.moe_gate.weight[:, 0] = bias  # the inputs below are all ones
+
+    bb.model.train()
+    m.before_task(tasks[0], 0)
+    favour([2, 3])
+    with torch.no_grad():
+        layer = next(iter(m.layers.values()))
+        x = torch.ones(1, 5, layer.base_layer.in_features)
+        layer(x)  # every token: top-2 = {2, 3}
+    assert m.counts.tolist() == [0, 0, 5, 5]
+    m.after_task(tasks[0], 0)
+    assert m.task_top == [[2, 3]]
+
+    m.before_task(tasks[1], 1)
+    old = {n: p.detach().clone() for n, p in bb.trainable_parameters().items()}
+    favour([0, 1])
+    with torch.no_grad():
+        layer(x)
+    _perturb(bb.trainable_parameters(), seed=3)  # "training" on task 1
+    new = {n: p.detach().clone() for n, p in bb.trainable_parameters().items()}
+    m.after_task(tasks[1], 1)
+    assert m.task_top == [[2, 3], [0, 1]]  # task 1 leaves experts 2 and 3 of task 0
+    name, layer = next(iter(m.layers.items()))
+    r = layer.rank
+    a_old, a_new = old[f"{name}.moe_A.weight"], new[f"{name}.moe_A.weight"]
+    a = layer.moe_A.weight
+    torch.testing.assert_close(a[:r], 0.7 * a_old[:r] + 0.3 * a_new[:r])  # expert 0: shared
+    torch.testing.assert_close(
+        a[2 * r : 3 * r], 0.3 * a_old[2 * r : 3 * r] + 0.7 * a_new[2 * r : 3 * r]
+    )
+    b_old, b_new = old[f"{name}.moe_B.weight"], new[f"{name}.moe_B.weight"]
+    torch.testing.assert_close(
+        layer.moe_B.weight[:, 3 * r :], 0.3 * b_old[:, 3 * r :] + 0.7 * b_new[:, 3 * r :]
+    )
+    torch.testing.assert_close(layer.moe_gate.weight, new[f"{name}.moe_gate.weight"])  # gate: new
+
+
+# --- sefe -----------------------------------------------------------------------------------
+def test_sefe_answer_styles_are_right_and_only_a_fraction_is_rewritten(tasks):
+    m = _method("sefe", tasks, asd_fraction=0.5)
+    task = tasks[0]
+    out = m.train_records(task)
+    assert [r.id for r in out] == [r.id for r in task.train]  # nothing dropped or added
+    changed = [(a, b) for a, b in zip(task.train, out, strict=True) if a.turns != b.turns]
+    assert len(changed) == m.rewritten[0] == round(0.5 * len(task.train)) - m.unchanged[0]
+    assert changed
+    for orig, new in changed:
+        assert new.prompt.startswith(orig.prompt) and new.media == orig.media
+        if new.answer in ("yes", "no"):
+            candidate = new.prompt.rsplit('is the answer "', 1)[1].split('"?')[0]
+            assert (candidate == orig.answer) == (new.answer == "yes")
+        else:
+            options = new.prompt.rsplit("options: ", 1)[1].split("\n")[0]
+            assert f"{new.answer}. {orig.answer}" in options  # the letter names the answer
+    assert m.train_records(task) == out  # seeded: the same rewrite every time
+
+
+def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
+    m = _method("sefe", tasks, key_fraction=0.1, reg_weight=2.0)
+    bb = m.backbone
+    m.before_task(tasks[0], 0)
+    batch = bb.collate(tasks[0].train[:2], train=True)
+    assert m.loss(batch, bb.forward(batch)) == {}  # no earlier task yet
+    _perturb(bb.adapter_parameters("task0"))
+    m.after_task(tasks[0], 0)
+    layers = m._lora_layers("task0")
+    for n, layer in layers.items():  # the key elements: the top 10% of |dW| of task 0
+        d = m.delta(layer, "task0").abs()
+        mask = m.key_masks[n]
+        assert int(mask.sum()) == int(0.1 * d.numel())
+        assert d[mask].min() >= d[~mask].max()
+    m.before_task(tasks[1], 1)
+    assert bb.model.active_adapters == ["task0", "task1"]
+    assert all(".task1." in n for n in bb.trainable_parameters())
+    _perturb(bb.adapter_parameters("task1"), seed=1)
+    by_hand = torch.stack(
+        [m.delta(layer, "task1").abs()[m.key_masks[n]].mean() for n, layer in layers.items()]
+    ).mean()
+    loss = m.loss(batch, bb.forward(batch))["reglora"]
+    assert loss.item() == pytest.approx(2.0 * by_hand.item(), rel=1e-5)
+    loss.backward()
+    assert all(layer.lora_A["task0"].weight.grad is None for layer in layers.values())
+    assert all(layer.lora_B["task1"].weight.grad.abs().sum() > 0 for layer in layers.values())
+    m.after_task(tasks[1], 1)  # task 1's key elements join task 0's
+    assert all(int(mask.sum()) >= int(0.1 * mask.numel()) for mask in m.key_masks.values())
+
+
+# --- every new method on hf-native models ---------------------------------------------------
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        "llava": save_tiny_llava(root / "llava"),
+        "qwen2vl": save_tiny_qwen2vl(root / "qwen2vl"),
+    }
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(  # each method once, the prototype routers on both kinds of model
+    ("method", "arch"),
+    [("hide-llava", "llava"), ("disco", "qwen2vl"), ("cl-moe", "qwen2vl"), ("sefe", "llava")],
+)
+def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
+    cfg = micro_stream_config(tmp_path / "data", hf_models[arch], method)
+    res = Run(cfg, tmp_path / "run").execute()
+    assert res["counts"] == {n: {"scored": 6, "total": 6} for n in res["tasks"]}
+    assert len(res["accuracy_matrix"]) == 2
