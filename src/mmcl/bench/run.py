@@ -111,7 +111,8 @@ def bench_markdown(res: dict[str, Any]) -> str:
         "",
         f"{ro['how']}: {ro['routed_samples_per_s']:.1f} samples/s routed vs "
         f"{ro['single_samples_per_s']:.1f} single-adapter; time ratio **{ro['time_ratio']:.2f}** "
-        "(target <= 1.5)"
+        + (f"(CPU-time ratio {ro['cpu_time_ratio']:.2f}) " if "cpu_time_ratio" in ro else "")
+        + "(target <= 1.5)"
         + (
             f"; router alone {ro['router_samples_per_s']:.1f} samples/s, router answers that "
             f"named no expert (best-letter fallback): {ro['router_fallbacks']}."

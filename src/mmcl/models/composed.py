@@ -253,14 +253,16 @@ class ComposedBackbone(Backbone):
         return shared if shared >= 2 and len(rows) >= 2 else 0
 
     def _prefix_then_rows(
-        self, rows: list[torch.Tensor], batch: Batch, shared: int, keep: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, rows: list[torch.Tensor], batch: Batch, shared: int, train: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the shared prefix once, then every row's own tokens from its KV cache, with the
-        active adapter (peft injects its LoRA into the LM's modules). Returns (the prefix's
-        last `keep` logits (1, keep, V), the rows' logits (B, W, V), their mask (B, W));
-        gradients flow through both passes."""
+        active adapter (peft injects its LoRA into the LM's modules); gradients flow through
+        both passes. Training: (the prefix's logits (1, P, V), the rows' logits (B, W, V)),
+        rows right-padded as in the batch. Otherwise rows are left-padded and only the
+        logits of each row's next token are computed: (unused, (B, 1, V))."""
         lm = self.core.lm
         prefix = rows[0][:shared].unsqueeze(0)
+        keep = shared if train else 1
         first = lm(inputs_embeds=self.core.embed(prefix, {}), use_cache=True, logits_to_keep=keep)
         cache = first.cache
         cache.batch_repeat_interleave(len(rows))
@@ -270,15 +272,17 @@ class ComposedBackbone(Backbone):
         suffix = torch.full((len(rows), width), self.pad, dtype=ids.dtype, device=ids.device)
         smask = torch.zeros_like(suffix)
         for i, t in enumerate(tails):
-            suffix[i, : len(t)], smask[i, : len(t)] = t, 1
-        positions = shared + torch.arange(width, device=ids.device).expand(len(rows), -1)
+            cols = slice(0, len(t)) if train else slice(width - len(t), width)
+            suffix[i, cols], smask[i, cols] = t, 1
+        positions = shared + (smask.cumsum(1) - 1).clamp(min=0)
         out = lm(
             inputs_embeds=self.core.embed(suffix, batch.media, batch.encoded),
             attention_mask=torch.cat([smask.new_ones((len(rows), shared)), smask], 1),
             position_ids=positions,
             cache=cache,
+            logits_to_keep=0 if train else 1,
         )
-        return first.logits, out.logits, smask
+        return first.logits, out.logits
 
     @torch.no_grad()
     def next_token_logits(self, batch: Batch) -> torch.Tensor:
@@ -291,9 +295,7 @@ class ComposedBackbone(Backbone):
         if not shared:
             return super().next_token_logits(batch)
         self.model.eval()
-        _, logits, smask = self._prefix_then_rows(rows, batch, shared, keep=1)
-        last = smask.sum(1) - 1
-        return logits[torch.arange(len(rows), device=ids.device), last]
+        return self._prefix_then_rows(rows, batch, shared, train=False)[1][:, -1]
 
     def _shared_prefix_logits(self, batch: Batch) -> torch.Tensor | None:
         """Training logits (B, L, V) of a right-padded batch whose rows share a prefix, with
@@ -306,7 +308,7 @@ class ComposedBackbone(Backbone):
         shared = self._shared_length(rows)
         if not shared:
             return None
-        prefix, logits, _ = self._prefix_then_rows(rows, batch, shared, keep=shared)
+        prefix, logits = self._prefix_then_rows(rows, batch, shared, train=True)
         return torch.cat([prefix.expand(len(rows), -1, -1), logits], 1)
 
     @torch.no_grad()
