@@ -236,6 +236,22 @@ def test_router_trains_on_a_fixed_budget_per_step(micro_stream):
     assert prompts[5:] != [r.prompt for r in method.router_records(2)][5:]  # a draw per step
 
 
+def test_media_encoded_once_give_the_same_answers(micro_stream):
+    """Router and expert read the media features that `encode_media` keeps on the batch: the
+    answers are those of a batch that encodes them itself; a vision LoRA (features that
+    depend on the adapter) turns the sharing off."""
+    backbone = pretrained_backbone("micro")
+    backbone.add_lora("expert", LoraSpec(r=4, alpha=8))
+    backbone.use_adapters("expert")
+    records = micro_stream[0].test[:4]
+    plain = backbone.collate(records, train=False)
+    shared = backbone.encode_media(backbone.collate(records, train=False))
+    assert set(shared.encoded) == {"image"} and not plain.encoded
+    assert backbone.generate(shared) == backbone.generate(plain)
+    backbone.add_lora("seeing", LoraSpec(r=4, alpha=8, vision=True))
+    assert not backbone.encode_media(backbone.collate(records, train=False)).encoded
+
+
 def test_task_names_that_clash_with_the_router_are_refused(micro_stream):
     spec = micro_stream[0].spec
     clash = type(spec)("router", spec.modality, spec.metric, spec.description)
