@@ -11,11 +11,18 @@ After every task it trains on (warm start) on the new task's samples and a fixed
 draw of the earlier ones, with the shared expert list run once per batch: its cost per step
 does not grow with the number of earlier tasks (retrained from scratch on every seen task's
 samples, as before, it grew with the square of it: 19x lora-ft's training time on
-scenario-20). At test time one batched forward pass of the router scores
-the seen experts' letters as its next answer token (the answer it would generate, without a
-generation loop) and the best-scored expert answers (the evaluator batches mixed experts
-through peft's `adapter_names`). When the router's top token is no expert's letter, the best
-letter is the deterministic fallback, and such samples are counted.
+scenario-20). With `router_replay` at least the earlier samples' number (short streams), it
+trains on all of them, as the paper's router does. At test time one batched forward pass of
+the router scores the seen experts' letters as its next answer token (the answer it would
+generate, without a generation loop) and the best-scored expert answers (the evaluator
+batches mixed experts through peft's `adapter_names`). When the router's top token is no
+expert's letter, the best letter is the deterministic fallback, and such samples are counted.
+
+Routing shares work with answering: the media features are encoded once per batch and read
+by the router and then the expert (`Backbone.encode_media`; not with a vision LoRA, whose
+features differ per adapter). The rest cannot be shared, since router and experts put LoRA
+on every LM layer; `router_layers` makes the router's own pass cheaper by reading its answer
+after the LM's first N layers (either router kind).
 
 Router (`router: prototype`): training-free — the nearest per-task prototype of the base
 model's prompt-pooled last hidden state. Prototypes are the means over the same few samples per
@@ -25,7 +32,8 @@ that make plain cosine or Euclidean nearest-mean routing poor (measured: 30-65% 
 against 95-100%).
 
 `report()` gives the fallback count, the number of stored samples, and the inference cost of
-routing + expert against single-adapter inference, in samples/s, measured in the same run.
+routing + expert against single-adapter inference, in samples/s and as wall-clock and CPU-time
+ratios, measured in the same run.
 """
 
 from __future__ import annotations
