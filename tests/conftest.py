@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,28 @@ def micro_overrides() -> dict:
         "train.batch_size": 16,
         "eval.max_new_tokens": 6,
     }
+
+
+@pytest.fixture
+def killed_after_first_step(monkeypatch) -> Callable[[], AbstractContextManager[None]]:
+    """`with killed_after_first_step(): Run(...).execute()`: the run stops right after step 0's
+    checkpoint (KeyboardInterrupt, as a killed run), and runs behave normally again after."""
+    from mmcl.runner import Run
+
+    @contextmanager
+    def killed() -> Iterator[None]:
+        real = Run._save
+
+        def crash_after_first_step(self, step, *args):
+            real(self, step, *args)
+            if step == 0:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Run, "_save", crash_after_first_step)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(Run, "_save", real)
+
+    return killed

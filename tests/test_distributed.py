@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from mmcl.config import load_config
 from mmcl.models.base import Backbone
 from mmcl.runner import Run
+from test_tracking import read_scalars
 from tiny_hf import one_thread, save_tiny_llava, write_colour_stream  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +62,9 @@ end_processes()
 
 
 def _files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    """A run's files but its TensorBoard logs (whose names hold the time)."""
+    names = (str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return {n for n in names if not n.startswith("tensorboard/")}
 
 
 def _predictions(folder: Path) -> dict[str, list[tuple[str, str]]]:
@@ -176,6 +179,12 @@ def test_two_processes_match_one(single):
     out_two = single.tmp / "two" / "run"
     per_rank = _launch(TORCHRUN, single.driver, single.config, out_two)
     _matches_one(single, out_two)
+    # only the first process logged: the same tags at the same steps as one process
+    steps = [
+        {tag: [s for s, _ in v] for tag, v in read_scalars(out / "tensorboard").items()}
+        for out in (out_two, single.out)
+    ]
+    assert steps[0] == steps[1] and steps[0]["train/loss"]
     assert [kind for _, _, kind in per_rank] == [["DistributedDataParallel"]] * 2
     # training was split: each process took half of every batch of 8, for 2 tasks x 2 epochs
     assert [trained for _, trained, _ in per_rank] == [[4] * 8, [4] * 8]

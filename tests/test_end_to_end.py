@@ -54,19 +54,10 @@ def test_same_seed_same_matrix(tmp_path, micro_overrides):
     assert a["zero_shot"] == b["zero_shot"]
 
 
-def test_kill_and_resume_gives_the_same_matrix(tmp_path, micro_overrides, monkeypatch):
+def test_kill_and_resume_gives_the_same_matrix(tmp_path, micro_overrides, killed_after_first_step):
     full = _run(tmp_path / "full", "lora-ft", micro_overrides)
-    real = Run._save
-
-    def crash_after_first_step(self, step, *args):
-        real(self, step, *args)
-        if step == 0:
-            raise KeyboardInterrupt  # the run is killed right after step 0's checkpoint
-
-    monkeypatch.setattr(Run, "_save", crash_after_first_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_step():  # stops right after step 0's checkpoint
         _run(tmp_path / "killed", "lora-ft", micro_overrides)
-    monkeypatch.setattr(Run, "_save", real)
     assert not (tmp_path / "killed" / "lora-ft" / "results.json").exists()
     with pytest.raises(MmclError, match="--resume"):
         _run(tmp_path / "killed", "lora-ft", micro_overrides)

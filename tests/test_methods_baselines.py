@@ -182,23 +182,16 @@ def test_o_lora_new_lora_per_task_old_frozen_active_and_pushed_orthogonal(tasks)
     assert state == {"adapters": ["task0", "task1"], "orth_at_end": [0.0]}
 
 
-def test_o_lora_kill_and_resume_gives_the_same_matrix(tmp_path, micro_overrides, monkeypatch):
+def test_o_lora_kill_and_resume_gives_the_same_matrix(
+    tmp_path, micro_overrides, killed_after_first_step
+):
     def run(folder, resume=False):
         cfg = load_config(None, {**micro_overrides, "method.name": "o-lora"})
         return Run(cfg, folder).execute(resume=resume)
 
     full = run(tmp_path / "full")
-    real = Run._save
-
-    def crash_after_first_step(self, step, *args):
-        real(self, step, *args)
-        if step == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "_save", crash_after_first_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_step():  # stops right after step 0's checkpoint
         run(tmp_path / "killed")
-    monkeypatch.setattr(Run, "_save", real)
     resumed = run(tmp_path / "killed", resume=True)
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     assert resumed["method_info"] == full["method_info"]  # holds the weights' orthogonality

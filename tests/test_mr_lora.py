@@ -77,23 +77,16 @@ def test_micro_run_with_the_prototype_router(tmp_path, micro_overrides, monkeypa
     _check_run(res, tmp_path / "proto", "prototype", seen)
 
 
-def test_micro_run_with_the_mllm_router_and_kill_resume(tmp_path, micro_overrides, monkeypatch):
+def test_micro_run_with_the_mllm_router_and_kill_resume(
+    tmp_path, micro_overrides, monkeypatch, killed_after_first_step
+):
     """A full run (checked like the prototype one), then a run killed after step 0 and resumed:
     experts, router weights, routing samples and counters come back, so the results match."""
     seen = _spy_on_experts(monkeypatch)
     full = _run(tmp_path / "full", micro_overrides, "mllm")
     _check_run(full, tmp_path / "full", "mllm", seen)
-    real = Run._save
-
-    def crash_after_first_step(self, step, *args):
-        real(self, step, *args)
-        if step == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "_save", crash_after_first_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_step():  # stops right after step 0's checkpoint
         _run(tmp_path / "killed", micro_overrides, "mllm")
-    monkeypatch.setattr(Run, "_save", real)
     resumed = _run(tmp_path / "killed", micro_overrides, "mllm", resume=True)
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
     for key in ("accuracy", "per_step", "fallbacks_per_step", "router_samples"):

@@ -231,7 +231,7 @@ def test_vcc_without_expansion_uses_snapshots(tasks):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_micro_run_on_the_scenario_stream_and_resume(tmp_path, monkeypatch):
+def test_micro_run_on_the_scenario_stream_and_resume(tmp_path, killed_after_first_step):
     overrides = {
         "benchmark": "scenario",
         "method.name": "unifier",
@@ -253,17 +253,8 @@ def test_micro_run_on_the_scenario_stream_and_resume(tmp_path, monkeypatch):
     assert res["method_info"]["branches"] == 2
     assert json.loads((tmp_path / "full" / "results.json").read_text()) == res
     # killed after step 0: resume re-creates the branches and ends with the same weights
-    real = Run._save
-
-    def crash_after_first_step(self, step, *args):
-        real(self, step, *args)
-        if step == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "_save", crash_after_first_step)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_step():  # stops right after step 0's checkpoint
         Run(cfg, tmp_path / "killed").execute()
-    monkeypatch.setattr(Run, "_save", real)
     resumed = Run(cfg, tmp_path / "killed").execute(resume=True)
     assert resumed["accuracy_matrix"] == res["accuracy_matrix"]
     a = load_tensors(tmp_path / "full" / "checkpoints" / "step1" / "model.safetensors")

@@ -1,4 +1,4 @@
-"""The `mmcl` command: run, compare, demo, bench, score, data, list."""
+"""The `mmcl` command: run, compare, demo, bench, score, export, data, list."""
 
 from __future__ import annotations
 
@@ -149,6 +149,20 @@ def bench(
     res = run_bench(out, preset, quick, names)
     console.print((out / "bench.md").read_text(encoding="utf-8"), markup=False)
     console.print(f"bench finished in {res['seconds']:.0f} s: {out / 'bench.json'}")
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="the output folder of a run")],
+    out: Annotated[Path, typer.Option(help="the new export folder")],
+) -> None:
+    """Export a run's trained adapters as peft folders (with the embedded base model, a routing
+    file for routed methods and a README on serving them with vLLM)."""
+    from mmcl.export import export_run
+
+    info = export_run(run_dir, out)
+    console.print(f"exported {len(info['adapters'])} adapter(s) of {info['method']} to {out}")
+    console.print(f"how to use them: {out / 'README.md'}")
 
 
 @app.command()

@@ -97,6 +97,9 @@ class ExperimentConfig(_Strict):
     method: MethodSettings = MethodSettings()
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
+    track: list[Literal["tensorboard", "wandb", "mlflow"]] | None = Field(
+        None, description="experiment trackers; default: tensorboard when installed; [] for none"
+    )
 
 
 def _format(e: ValidationError, source: str) -> str:

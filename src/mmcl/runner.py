@@ -40,6 +40,7 @@ from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
 from mmcl.scoring.judge import JUDGED, Judge
+from mmcl.tracking import RunTracker, resolve_trackers
 from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
@@ -116,6 +117,16 @@ def _flatten(state: dict[str, Any], prefix: str = "") -> tuple[dict, dict]:
     return tensors, rest
 
 
+def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
+    """Whether a checkpoint's config gives the results `cfg` gives (tracking may change)."""
+    if not isinstance(saved, dict):
+        return False
+    ours = cfg.model_dump(mode="json")
+    return {k: v for k, v in saved.items() if k != "track"} == {
+        k: v for k, v in ours.items() if k != "track"
+    }
+
+
 def _unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], prefix: str = "") -> dict:
     out: dict[str, Any] = {}
     for k, v in rest.items():
@@ -190,7 +201,7 @@ class Run:
                 log.warning("corrupt checkpoint, trying the previous one: %s", e)
                 problems.append(str(e))
                 continue
-            if state.get("config") != self.cfg.model_dump(mode="json"):
+            if not _same_results_config(state.get("config"), self.cfg):
                 raise MmclError(
                     f"{folder}: the checkpoint was made with another configuration; "
                     "resume with the same config, or use a new --out"
@@ -219,6 +230,7 @@ class Run:
                 f"{self.out} already holds a run; pass --resume to continue it, "
                 "or choose another --out"
             )
+        resolve_trackers(cfg.track)  # a tracker that is not installed fails before any work
         method_options(cfg.method.name, cfg.method.options())  # a typo fails before the loads
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
@@ -231,6 +243,9 @@ class Run:
             **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
         )
         found = self._find_checkpoint() if resume else None
+        tracker = RunTracker.open(
+            cfg.track, self.out, cfg.model_dump(mode="json"), [t.name for t in tasks]
+        )
         if found is None:
             state = {
                 "config": cfg.model_dump(mode="json"),
@@ -246,6 +261,7 @@ class Run:
             }
             # The base model is evaluated before the method adds anything to it.
             state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
+            tracker.zero_shot(state["zero_shot"])
             method.setup()
             self._save(ZERO_SHOT_STEP, state, backbone, method)
         else:
@@ -256,19 +272,22 @@ class Run:
             state["rows"] = [state["zero_shot"]] * len(tasks)
         elif method.joint and state["next_step"] == 0:
             merged = Task(specs[0], [r for t in tasks for r in t.train], [])
-            self._train_step(backbone, method, merged, 0, settings, state, all_tasks=tasks)
+            self._train_step(backbone, method, merged, 0, settings, state, tracker, tasks)
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
             state["rows"] = [row] * len(tasks)
+            tracker.after_step(len(tasks) - 1, state, routing, method.report())
             state.update(counts=counts, next_step=len(tasks))
             self._save(0, state, backbone, method)
         else:
             for step in range(state["next_step"], len(tasks)):
-                self._train_step(backbone, method, tasks[step], step, settings, state)
+                self._train_step(backbone, method, tasks[step], step, settings, state, tracker)
                 row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
                 state["rows"].append(row)
                 state["routing"].append(routing)
+                tracker.after_step(step, state, routing, method.report())
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
+        tracker.finish()
         results = self._results(tasks, method, state)
         if is_main_process():
             from mmcl.report import write_report
@@ -285,6 +304,7 @@ class Run:
         step: int,
         settings: TrainSettings,
         state: dict,
+        tracker: RunTracker,
         all_tasks: list[Task] | None = None,
     ) -> None:
         seed_everything(derive_seed(self.cfg.seed, "step", step))
@@ -298,6 +318,7 @@ class Run:
             derive_seed(self.cfg.seed, "train", step),
             method,
             desc=f"{method.name} step {step + 1}: {label}",
+            log=tracker.train_logger("all" if all_tasks else task.name, state),
         )
         state["trained_params"] = sorted(
             set(state["trained_params"]) | set(backbone.trainable_parameters())

@@ -16,6 +16,7 @@ import copy
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,8 +119,11 @@ def train(
     seed: int,
     method: Method | None = None,
     desc: str = "train",
+    log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainStats:
-    """Train the backbone's trainable parameters on `records`."""
+    """Train the backbone's trainable parameters on `records`; `log`, if given, gets the
+    first process's figures of every batch (loss, answer_loss, the method's terms, lr,
+    samples_per_s)."""
     params = [p for p in backbone.core.parameters() if p.requires_grad]
     if not params:
         raise MmclError(f"{desc}: nothing to train (no parameter requires grad)")
@@ -177,9 +181,9 @@ def train(
                             # all answer tokens, as in one process.
                             n = out.answer_mask.sum().float()
                             loss = loss * n * acc.num_processes / acc.reduce(n, "sum").clamp(min=1)
-                        if method is not None:
-                            for term in method.loss(batch, out).values():
-                                loss = loss + term
+                        terms = method.loss(batch, out) if method is not None else {}
+                        for term in terms.values():
+                            loss = loss + term
                         acc.backward(loss)
                         if sharded and done == 0 and any(p.grad is not None for p in params):
                             raise MmclError(
@@ -189,6 +193,7 @@ def train(
                             )
                         if acc.sync_gradients:
                             acc.clip_grad_norm_(clipped, settings.max_grad_norm)
+                        lr = opt.param_groups[0]["lr"]  # this batch's, before the schedule steps
                         opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
@@ -200,6 +205,10 @@ def train(
                     seen += len(batch) * acc.num_processes
                     sps = seen / (time.perf_counter() - t0)
                     bar.update(job, advance=1, loss=loss_ema, sps=sps)
+                    if log is not None and acc.is_main_process:
+                        figures = {"loss": lv, "answer_loss": out.loss.item()}
+                        figures.update({k: float(v.detach()) for k, v in terms.items()})
+                        log({**figures, "lr": lr, "samples_per_s": sps})
                     quiet = bar.console.is_terminal or not acc.is_main_process
                     if not quiet and done % max(1, n_batches // 5) == 0:
                         bar.console.print(

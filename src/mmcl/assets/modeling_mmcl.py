@@ -1,0 +1,143 @@
+"""mmcl's embedded MLLM as a transformers model, for folders written by `mmcl export`.
+
+Self-contained on purpose (torch + transformers only, no mmcl): `mmcl export` copies this file
+beside the exported weights, so that
+
+    AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+
+loads the model where mmcl is not installed, and peft's `PeftModel.from_pretrained` puts the
+exported LoRA adapters on it. The module names are mmcl's own (`lm`, `encoders.image`,
+`projectors.image`), so the adapters' target names and weights need no translation; the layers
+mirror mmcl.models.composed and mmcl.models.tiny, whose weights they load.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+
+class MmclConfig(PretrainedConfig):
+    """A CLIP vision encoder, a projector (an MLP, plus visual-word heads when `word_classes`
+    is set) and a Llama LM; `<image>` (`image_token_id`) stands for one image token."""
+
+    model_type = "mmcl"
+    sub_configs = {"vision_config": CLIPVisionConfig, "text_config": LlamaConfig}
+
+    def __init__(
+        self,
+        vision_config: dict | CLIPVisionConfig | None = None,
+        text_config: dict | LlamaConfig | None = None,
+        image_token_id: int = 4,
+        word_classes: list[int] | None = None,
+        **kwargs,
+    ):
+        if not isinstance(vision_config, CLIPVisionConfig):
+            vision_config = CLIPVisionConfig(**(vision_config or {}))
+        if not isinstance(text_config, LlamaConfig):
+            text_config = LlamaConfig(**(text_config or {}))
+        self.vision_config = vision_config
+        self.text_config = text_config
+        self.image_token_id = image_token_id
+        self.word_classes = list(word_classes or [])
+        super().__init__(**kwargs)
+
+
+class Standardize(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        Standardize(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
+    )
+
+
+class VisualWords(nn.Module):
+    """The MLP plus linear heads whose class probabilities map to word embeddings."""
+
+    def __init__(self, in_dim: int, out_dim: int, classes: list[int]):
+        super().__init__()
+        self.mlp = _mlp(in_dim, out_dim)
+        self.heads = nn.ModuleList([nn.Linear(in_dim, n) for n in classes])
+        self.words = nn.Linear(sum(classes), out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.cat([h(x).softmax(-1) for h in self.heads], dim=-1)
+        return self.mlp(x) + self.words(probs)
+
+
+class VisionTower(nn.Module):
+    """A CLIP vision transformer returning its patch tokens (no CLS)."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.model = CLIPVisionModel(config)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+
+class MmclForConditionalGeneration(PreTrainedModel):
+    config_class = MmclConfig
+    base_model_prefix = ""
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+
+    def __init__(self, config: MmclConfig):
+        super().__init__(config)
+        vision, text = config.vision_config, config.text_config
+        self.lm = LlamaForCausalLM(text)
+        self.encoders = nn.ModuleDict({"image": VisionTower(vision)})
+        proj = (
+            VisualWords(vision.hidden_size, text.hidden_size, config.word_classes)
+            if config.word_classes
+            else _mlp(vision.hidden_size, text.hidden_size)
+        )
+        self.projectors = nn.ModuleDict({"image": proj})
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.get_input_embeddings()
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with each image token's replaced by a projected patch feature."""
+        emb = self.lm.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            feats = self.projectors["image"](self.encoders["image"](pixel_values))
+            mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
+            emb = emb.masked_scatter(mask, feats.to(emb.dtype))
+        return emb
+
+    def forward(self, input_ids, attention_mask, pixel_values=None, **kwargs):
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.lm(
+            inputs_embeds=self.embed(input_ids, pixel_values),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, pixel_values=None, **kwargs):
+        """The LM's generation on the merged embeddings; returns the prompts followed by the
+        new tokens, as transformers' multimodal models do."""
+        new = self.lm.generate(
+            inputs_embeds=self.embed(input_ids, pixel_values),
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        return torch.cat([input_ids, new.to(input_ids.device)], 1)

@@ -1,0 +1,87 @@
+"""Experiment tracking: a micro run logs to TensorBoard, and the event files read back."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import pytest
+from accelerate.utils import is_wandb_available
+
+from mmcl.config import load_config
+from mmcl.errors import MmclError
+from mmcl.runner import Run
+from mmcl.tracking import flat_config, resolve_trackers
+
+pytest.importorskip("tensorboardX")
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files under `folder`: tag -> [(step, value)]."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):  # TFRecord: length (8), its crc (4), payload, payload crc (4)
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return scalars
+
+
+def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
+    tmp_path, micro_overrides, killed_after_first_step
+):
+    cfg = load_config(None, {**micro_overrides, "method.name": "ewc", "track": ["tensorboard"]})
+    with killed_after_first_step():
+        Run(cfg, tmp_path / "run").execute()
+    # Resumed: the x-axis continues where the killed run's last step ended.
+    res = Run(cfg, tmp_path / "run").execute(resume=True)
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    tasks, matrix = res["tasks"], res["accuracy_matrix"]
+
+    # 48 samples per task, batch 16, 1 epoch: 3 batches per task, one value each, steps 1..6.
+    losses = scalars["train/loss"]
+    assert [s for s, _ in losses] == list(range(1, 7))
+    assert all(math.isfinite(v) and v > 0 for _, v in losses)
+    for k, task in enumerate(tasks):
+        assert [s for s, _ in scalars[f"task/{task}/loss"]] == [3 * k + 1, 3 * k + 2, 3 * k + 3]
+    assert len(scalars["train/lr"]) == len(scalars["train/samples_per_s"]) == 6
+    # ewc's penalty is an extra term from its second task on; the total is answer + penalty.
+    ewc = dict(scalars["train/ewc"])
+    answer = dict(scalars["train/answer_loss"])
+    assert sorted(ewc) == [4, 5, 6]
+    for step, total in losses:
+        assert total == pytest.approx(answer[step] + ewc.get(step, 0.0), rel=1e-5)
+
+    # After each step its accuracy row, at the batch count where that step ended.
+    for i, task in enumerate(tasks):
+        row = scalars[f"eval/{task}"]
+        assert [s for s, _ in row] == [3, 6]
+        assert [v for _, v in row] == pytest.approx([matrix[0][i], matrix[1][i]])
+        assert scalars[f"zero_shot/{task}"] == [(0, pytest.approx(res["zero_shot"][i]))]
+    assert all(len(scalars[f"continual/{m}"]) == 2 for m in res["metrics"])
+    final = {m: scalars[f"continual/{m}"][-1][1] for m in res["metrics"]}
+    assert final == pytest.approx(res["metrics"], abs=1e-3)
+
+
+def test_no_tracking_and_clear_errors(tmp_path, micro_overrides):
+    cfg = load_config(None, {**micro_overrides, "method.name": "zero-shot", "track": []})
+    Run(cfg, tmp_path / "off").execute()
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    assert resolve_trackers(None) == ["tensorboard"]  # installed: the default
+    with pytest.raises(MmclError, match="track"):
+        load_config(None, {"track": ["neptune"]})
+    if not is_wandb_available():
+        with pytest.raises(MmclError, match="pip install wandb"):
+            resolve_trackers(["wandb"])
+    assert flat_config({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {
+        "a.b": 1,
+        "a.c": "[1, 2]",
+        "d": "null",
+    }
