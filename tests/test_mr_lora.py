@@ -199,7 +199,8 @@ def test_router_training_with_a_shared_prefix_equals_a_full_forward(micro_stream
     backbone.use_adapters("router")
     backbone.set_trainable(params)
     batch = backbone.collate(method.router_records(1), train=True)
-    assert backbone._shared_prefix_logits(batch) is not None  # the expert list is shared
+    shared = backbone._shared_prefix_logits(batch)  # the expert list runs once: not scored
+    assert shared is not None and shared.shape[1] < batch.input_ids.shape[1]
     results = []
     for share in (False, True):
         backbone.share_prefix = share

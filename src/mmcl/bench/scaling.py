@@ -53,7 +53,7 @@ PROBE_RECORDS = 16  # test samples evaluated after every step (the same ones eac
 
 
 def _stream(p: BenchPreset) -> list[Task]:
-    """`p.steps` tasks cycling through the ability stream's four (names t01, t02, ...)."""
+    """`p.steps` + 1 tasks cycling through the ability stream's four (names t01, t02, ...)."""
     base = ability_tasks(p.scaling_records, PROBE_RECORDS // 4)
     specs = [t.spec for t in base]
     return [
@@ -62,7 +62,9 @@ def _stream(p: BenchPreset) -> list[Task]:
             base[i % 4].train,
             base[i % 4].test,
         )
-        for i in range(p.steps)
+        # One task more than are trained: work a method does once at the end of the stream
+        # (MR-LoRA measures its inference cost there) is not per-task work.
+        for i in range(p.steps + 1)
     ]
 
 
@@ -102,7 +104,7 @@ def _worker(method_name: str, p: BenchPreset, threads: int) -> dict:
     method.setup()
     settings = TrainSettings(epochs=1, batch_size=p.batch_size)
     points = []
-    for step, task in enumerate(tasks):
+    for step, task in enumerate(tasks[: p.steps]):
         peak_rss_reset()
         method.before_task(task, step)
         records = method.train_records(task)

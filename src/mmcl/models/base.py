@@ -212,9 +212,12 @@ class Backbone(ABC):
     ) -> Outputs:
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
         logits, h = self._forward(batch, hidden, **kw)
-        loss = (
-            answer_loss(logits, batch.labels) if batch.labels is not None else logits.new_zeros(())
-        )
+        labels = batch.labels
+        if labels is not None and logits.shape[1] < labels.shape[1]:
+            # The backbone ran a prefix shared by every row once and gave the logits of the
+            # positions after it (a prefix is prompt: none of its tokens is an answer).
+            labels = labels[:, -logits.shape[1] :]
+        loss = answer_loss(logits, labels) if labels is not None else logits.new_zeros(())
         pooled = None
         if hidden:
             m = batch.attention_mask.unsqueeze(-1).to(h.dtype)
@@ -224,7 +227,7 @@ class Backbone(ABC):
         return Outputs(
             loss,
             logits,
-            batch.labels if batch.labels is not None else torch.full_like(batch.input_ids, IGNORE),
+            labels if labels is not None else torch.full_like(batch.input_ids, IGNORE),
             pooled,
         )
 

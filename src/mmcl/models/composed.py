@@ -254,17 +254,16 @@ class ComposedBackbone(Backbone):
 
     def _prefix_then_rows(
         self, rows: list[torch.Tensor], batch: Batch, shared: int, train: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """Run the shared prefix once, then every row's own tokens from its KV cache, with the
         active adapter (peft injects its LoRA into the LM's modules); gradients flow through
-        both passes. Training: (the prefix's logits (1, P, V), the rows' logits (B, W, V)),
-        rows right-padded as in the batch. Otherwise rows are left-padded and only the
-        logits of each row's next token are computed: (unused, (B, 1, V))."""
+        both passes. Training: the logits (B, W, V) of the positions after the prefix, rows
+        right-padded as in the batch. Otherwise rows are left-padded and only each row's
+        next-token logits are computed: (B, 1, V)."""
         lm = self.core.lm
         prefix = rows[0][:shared].unsqueeze(0)
-        keep = shared if train else 1
-        first = lm(inputs_embeds=self.core.embed(prefix, {}), use_cache=True, logits_to_keep=keep)
-        cache = first.cache
+        embeds = self.core.embed(prefix, {})
+        cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
         cache.batch_repeat_interleave(len(rows))
         tails = [r[shared:] for r in rows]
         width = max(len(t) for t in tails)
@@ -275,14 +274,13 @@ class ComposedBackbone(Backbone):
             cols = slice(0, len(t)) if train else slice(width - len(t), width)
             suffix[i, cols], smask[i, cols] = t, 1
         positions = shared + (smask.cumsum(1) - 1).clamp(min=0)
-        out = lm(
+        return lm(
             inputs_embeds=self.core.embed(suffix, batch.media, batch.encoded),
             attention_mask=torch.cat([smask.new_ones((len(rows), shared)), smask], 1),
             position_ids=positions,
             cache=cache,
             logits_to_keep=0 if train else 1,
-        )
-        return first.logits, out.logits
+        ).logits
 
     @torch.no_grad()
     def next_token_logits(self, batch: Batch) -> torch.Tensor:
@@ -295,12 +293,13 @@ class ComposedBackbone(Backbone):
         if not shared:
             return super().next_token_logits(batch)
         self.model.eval()
-        return self._prefix_then_rows(rows, batch, shared, train=False)[1][:, -1]
+        return self._prefix_then_rows(rows, batch, shared, train=False)[:, -1]
 
     def _shared_prefix_logits(self, batch: Batch) -> torch.Tensor | None:
-        """Training logits (B, L, V) of a right-padded batch whose rows share a prefix, with
-        that prefix run once (as `next_token_logits` does at inference); None when it cannot:
-        no shared prefix, or a distributed wrapper whose own forward must run."""
+        """Training logits of a right-padded batch whose rows share a prefix, with that prefix
+        run once (as `next_token_logits` does at inference): those of the positions after
+        the prefix, (B, L - prefix, V), which is all the answer loss reads. None when it
+        cannot: no shared prefix, or a distributed wrapper whose own forward must run."""
         ids, mask = batch.input_ids, batch.attention_mask
         if self.plain is not None and self.model is not self.plain or not bool(mask[:, 0].all()):
             return None
@@ -308,8 +307,7 @@ class ComposedBackbone(Backbone):
         shared = self._shared_length(rows)
         if not shared:
             return None
-        prefix, logits = self._prefix_then_rows(rows, batch, shared, train=True)
-        return torch.cat([prefix.expand(len(rows), -1, -1), logits], 1)
+        return self._prefix_then_rows(rows, batch, shared, train=True)
 
     @torch.no_grad()
     def encode_media(self, batch: Batch) -> Batch:
