@@ -150,7 +150,7 @@ def test_routing_fallback_is_counted_and_deterministic(micro_stream, monkeypatch
     assert torch.equal(method.router_scores(batch.records)[0], scores)  # deterministic
     # the router's top tokens: no letter, no letter, a letter; the best letters: gui, ocr, gui
     fake = (torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([False, False, True]))
-    monkeypatch.setattr(method, "router_scores", lambda records: fake)
+    monkeypatch.setattr(method, "router_scores", lambda records, batch=None: fake)
     assert method.predict(batch) == ["gui", "ocr", "gui"]
     assert method.report()["routing"]["fallbacks"] == 2
     assert method.report()["routing"]["routed"] == 3
@@ -173,6 +173,77 @@ def test_router_prefix_cache_equals_a_full_forward(micro_stream):
     full = backbone.forward(batch).logits[:, -1]
     assert cached.shape == full.shape
     assert torch.allclose(cached, full, atol=1e-4), (cached - full).abs().max()
+    with backbone.first_layers(1):  # a shallow router's pass: the same, on one layer
+        shallow = backbone.next_token_logits(batch)
+        assert torch.allclose(shallow, backbone.forward(batch).logits[:, -1], atol=1e-4)
+    assert not torch.allclose(shallow, full, atol=1e-2)
+    assert len(backbone.core.lm.model.layers) > 1  # whole again
+
+
+def test_router_training_with_a_shared_prefix_equals_a_full_forward(micro_stream):
+    """Training the router runs the shared expert list once per batch: the loss and the LoRA's
+    gradients must be those of plain forward passes over the whole prompts."""
+    backbone = pretrained_backbone("micro")
+    specs = [t.spec for t in micro_stream]
+    method = make_method("mr-lora", {"router_samples": 4}, backbone, specs, 0)
+    method.setup()
+    for task in micro_stream:
+        method.experts.append(task.name)
+        method.samples[task.name] = task.train[:4]
+    backbone.add_lora("router", LoraSpec(r=4, alpha=8))
+    params = backbone.adapter_parameters("router")
+    with torch.no_grad():
+        for name, p in params.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    backbone.use_adapters("router")
+    backbone.set_trainable(params)
+    batch = backbone.collate(method.router_records(1), train=True)
+    shared = backbone._shared_prefix_logits(batch)  # the expert list runs once: not scored
+    assert shared is not None and shared.shape[1] < batch.input_ids.shape[1]
+    results = []
+    for share in (False, True):
+        backbone.share_prefix = share
+        loss = backbone.forward(batch).loss
+        grads = torch.autograd.grad(loss, list(params.values()))
+        results.append((loss.detach(), grads))
+    (plain, g_plain), (shared, g_shared) = results
+    assert torch.allclose(plain, shared, atol=1e-5), (plain, shared)
+    for a, b in zip(g_plain, g_shared, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_router_trains_on_a_fixed_budget_per_step(micro_stream):
+    """The router's training set after a step: every routing sample of the new task and a
+    seeded draw of `router_replay` earlier ones, whatever the number of earlier tasks."""
+    backbone = pretrained_backbone("micro")
+    specs = [t.spec for t in micro_stream]
+    method = make_method("mr-lora", {"router_replay": 3}, backbone, specs, 0)
+    for task in micro_stream:
+        method.experts.append(task.name)
+        method.samples[task.name] = task.train[:5]
+    records = method.router_records(1)
+    answers = [r.turns[-1][1] for r in records]
+    assert answers == [method.letter("gui")] * 5 + [method.letter("ocr")] * 3
+    prompts = [r.prompt for r in records]
+    assert prompts == [r.prompt for r in method.router_records(1)]  # seeded
+    assert prompts[5:] != [r.prompt for r in method.router_records(2)][5:]  # a draw per step
+
+
+def test_media_encoded_once_give_the_same_answers(micro_stream):
+    """Router and expert read the media features that `encode_media` keeps on the batch: the
+    answers are those of a batch that encodes them itself; a vision LoRA (features that
+    depend on the adapter) turns the sharing off."""
+    backbone = pretrained_backbone("micro")
+    backbone.add_lora("expert", LoraSpec(r=4, alpha=8))
+    backbone.use_adapters("expert")
+    records = micro_stream[0].test[:4]
+    plain = backbone.collate(records, train=False)
+    shared = backbone.encode_media(backbone.collate(records, train=False))
+    assert set(shared.encoded) == {"image"} and not plain.encoded
+    assert backbone.generate(shared) == backbone.generate(plain)
+    backbone.add_lora("seeing", LoraSpec(r=4, alpha=8, vision=True))
+    assert not backbone.encode_media(backbone.collate(records, train=False)).encoded
 
 
 def test_task_names_that_clash_with_the_router_are_refused(micro_stream):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,9 @@ class Batch:
     attention_mask: torch.Tensor
     labels: torch.Tensor | None = None
     media: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The media already encoded and projected (see `Backbone.encode_media`): the model reads
+    # these instead of running its encoders again.
+    encoded: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -63,6 +67,7 @@ class Batch:
             torch.cat([self.attention_mask, self.attention_mask.new_ones((b, n))], 1),
             None,
             {k: grow(v) for k, v in self.media.items()},
+            self.encoded,
         )
 
     def to(self, device: torch.device | str) -> Batch:
@@ -75,6 +80,7 @@ class Batch:
             move(self.attention_mask),
             move(self.labels),
             {k: v.to(device) for k, v in self.media.items()},
+            {k: v.to(device) for k, v in self.encoded.items()},
         )
 
 
@@ -125,6 +131,9 @@ class Backbone(ABC):
         self.plain: nn.Module | None = None
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        # Training forward passes run the prefix that every row of a batch shares once (see
+        # `sharing_prefix`); backbones that cannot ignore it.
+        self.share_prefix = False
 
     # --- subclasses -------------------------------------------------------------------------
     @abstractmethod
@@ -154,6 +163,46 @@ class Backbone(ABC):
         return {n: p for n, p in self.core.named_parameters() if n not in frozen}
 
     # --- shared -----------------------------------------------------------------------------
+    @contextmanager
+    def sharing_prefix(self) -> Iterator[None]:
+        """Within: a batch whose prompts share a long prefix (a router's expert list) runs it
+        once per batch in training too, so that a growing prefix costs little (the logits are
+        the same up to float rounding)."""
+        old, self.share_prefix = self.share_prefix, True
+        try:
+            yield
+        finally:
+            self.share_prefix = old
+
+    def _decoder(self) -> nn.Module | None:
+        """The language model's module holding its decoder `layers` (None: not exposed)."""
+        return None
+
+    @contextmanager
+    def first_layers(self, n: int | None) -> Iterator[None]:
+        """Within: the language model runs only its first `n` decoder layers, then its final
+        norm and head (a shallow pass, e.g. a router's); None leaves it whole."""
+        if n is None:
+            yield
+            return
+        body = self._decoder()
+        if body is None:
+            raise MmclError(f"{type(self).__name__} cannot run part of its language model")
+        layers = body.layers
+        if not 1 <= n <= len(layers):
+            raise MmclError(f"the language model has {len(layers)} layers; cannot run {n}")
+        body.layers = layers[:n]
+        try:
+            yield
+        finally:
+            body.layers = layers
+
+    def encode_media(self, batch: Batch) -> Batch:
+        """Encode the batch's media once for every pass over it (a router's, then an
+        expert's), keeping the features on the batch (in place) when no adapter can change
+        them; backbones that cannot leave the batch as it is."""
+        return batch
+
     @property
     def device(self) -> torch.device:
         return next(self.core.parameters()).device
@@ -163,9 +212,12 @@ class Backbone(ABC):
     ) -> Outputs:
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
         logits, h = self._forward(batch, hidden, **kw)
-        loss = (
-            answer_loss(logits, batch.labels) if batch.labels is not None else logits.new_zeros(())
-        )
+        labels = batch.labels
+        if labels is not None and logits.shape[1] < labels.shape[1]:
+            # The backbone ran a prefix shared by every row once and gave the logits of the
+            # positions after it (a prefix is prompt: none of its tokens is an answer).
+            labels = labels[:, -logits.shape[1] :]
+        loss = answer_loss(logits, labels) if labels is not None else logits.new_zeros(())
         pooled = None
         if hidden:
             m = batch.attention_mask.unsqueeze(-1).to(h.dtype)
@@ -175,7 +227,7 @@ class Backbone(ABC):
         return Outputs(
             loss,
             logits,
-            batch.labels if batch.labels is not None else torch.full_like(batch.input_ids, IGNORE),
+            labels if labels is not None else torch.full_like(batch.input_ids, IGNORE),
             pooled,
         )
 

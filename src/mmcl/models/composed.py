@@ -81,27 +81,42 @@ class ComposedMLLM(nn.Module):
         self.projectors = nn.ModuleDict(projectors)
         self.token_ids = token_ids
 
-    def embed(self, input_ids: torch.Tensor, media: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Media tensors -> projected features, one per placeholder token."""
+        return self.projectors[modality](self.encoders[modality](x))
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        media: dict[str, torch.Tensor],
+        encoded: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with each media placeholder's replaced by the media's features
+        (`encoded` ones as given, the others encoded here)."""
         emb = self.lm.get_input_embeddings()(input_ids)
         for m, x in media.items():
-            feats = self.projectors[m](self.encoders[m](x))
+            feats = encoded[m] if encoded and m in encoded else self.encode(m, x)
             mask = (input_ids == self.token_ids[m]).unsqueeze(-1)
             emb = emb.masked_scatter(mask, feats.to(emb.dtype))
         return emb
 
-    def forward(self, input_ids, attention_mask, media=None, output_hidden_states=False):
+    def forward(
+        self, input_ids, attention_mask, media=None, output_hidden_states=False, encoded=None
+    ):
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.lm(
-            inputs_embeds=self.embed(input_ids, media or {}),
+            inputs_embeds=self.embed(input_ids, media or {}, encoded),
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
             use_cache=False,
         )
 
-    def generate(self, input_ids, attention_mask, media=None, **kw):
+    def generate(self, input_ids, attention_mask, media=None, encoded=None, **kw):
         return self.lm.generate(
-            inputs_embeds=self.embed(input_ids, media or {}), attention_mask=attention_mask, **kw
+            inputs_embeds=self.embed(input_ids, media or {}, encoded),
+            attention_mask=attention_mask,
+            **kw,
         )
 
 
@@ -148,6 +163,9 @@ class ComposedBackbone(Backbone):
 
     def encoder_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.core.named_parameters() if n.startswith("encoders.")}
+
+    def _decoder(self) -> nn.Module:
+        return self.core.lm.model
 
     def vision_blocks(self) -> list[nn.Module]:
         if "image" not in self.core.encoders:
@@ -227,48 +245,100 @@ class ComposedBackbone(Backbone):
         self._recent = recent
         return Batch(list(records), ids, mask, labels if train else None, media)
 
-    @torch.no_grad()
-    def next_token_logits(self, batch: Batch) -> torch.Tensor:
-        """As `Backbone.next_token_logits`, with prefix caching: the token prefix that every
-        prompt of the batch shares (up to its first media token; e.g. a router's list of
-        experts) runs once, and each row continues from its KV cache."""
-        ids, mask = batch.input_ids, batch.attention_mask
-        rows = [ids[i, ids.shape[1] - int(n) :] for i, n in enumerate(mask.sum(1))]
-        media_ids = torch.tensor(list(self.core.token_ids.values()), device=ids.device)
-        shared = min(len(r) for r in rows) - 1  # every row keeps a token of its own
+    def _shared_length(self, rows: list[torch.Tensor]) -> int:
+        """How many leading tokens every row shares (up to its first media token; e.g. a
+        router's list of experts), each row keeping a token of its own; 0 if fewer than 2."""
+        media_ids = torch.tensor(list(self.core.token_ids.values()), device=rows[0].device)
+        shared = min(len(r) for r in rows) - 1
         for r in rows:
             differs = (r[:shared] != rows[0][:shared]) | torch.isin(r[:shared], media_ids)
             if differs.any():
                 shared = int(differs.nonzero()[0])
-        if shared < 2 or len(rows) < 2:
-            return super().next_token_logits(batch)
-        self.model.eval()
-        lm = self.core.lm  # peft injects the active adapter's LoRA into these very modules
+        return shared if shared >= 2 and len(rows) >= 2 else 0
+
+    def _prefix_then_rows(
+        self, rows: list[torch.Tensor], batch: Batch, shared: int, train: bool
+    ) -> torch.Tensor:
+        """Run the shared prefix once, then every row's own tokens from its KV cache, with the
+        active adapter (peft injects its LoRA into the LM's modules); gradients flow through
+        both passes. Training: the logits (B, W, V) of the positions after the prefix, rows
+        right-padded as in the batch. Otherwise rows are left-padded and only each row's
+        next-token logits are computed: (B, 1, V)."""
+        lm = self.core.lm
         prefix = rows[0][:shared].unsqueeze(0)
         embeds = self.core.embed(prefix, {})
         cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
         cache.batch_repeat_interleave(len(rows))
         tails = [r[shared:] for r in rows]
         width = max(len(t) for t in tails)
+        ids = rows[0]
         suffix = torch.full((len(rows), width), self.pad, dtype=ids.dtype, device=ids.device)
         smask = torch.zeros_like(suffix)
         for i, t in enumerate(tails):
-            suffix[i, : len(t)], smask[i, : len(t)] = t, 1
-        positions = shared + torch.arange(width, device=ids.device).expand(len(rows), -1)
-        out = lm(
-            inputs_embeds=self.core.embed(suffix, batch.media),
+            cols = slice(0, len(t)) if train else slice(width - len(t), width)
+            suffix[i, cols], smask[i, cols] = t, 1
+        positions = shared + (smask.cumsum(1) - 1).clamp(min=0)
+        return lm(
+            inputs_embeds=self.core.embed(suffix, batch.media, batch.encoded),
             attention_mask=torch.cat([smask.new_ones((len(rows), shared)), smask], 1),
             position_ids=positions,
             cache=cache,
+            logits_to_keep=0 if train else 1,
+        ).logits
+
+    @torch.no_grad()
+    def next_token_logits(self, batch: Batch) -> torch.Tensor:
+        """As `Backbone.next_token_logits`, with prefix caching: the token prefix that every
+        prompt of the batch shares (e.g. a router's list of experts) runs once, and each row
+        continues from its KV cache."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        rows = [ids[i, ids.shape[1] - int(n) :] for i, n in enumerate(mask.sum(1))]
+        shared = self._shared_length(rows)
+        if not shared:
+            return super().next_token_logits(batch)
+        self.model.eval()
+        return self._prefix_then_rows(rows, batch, shared, train=False)[:, -1]
+
+    def _shared_prefix_logits(self, batch: Batch) -> torch.Tensor | None:
+        """Training logits of a right-padded batch whose rows share a prefix, with that prefix
+        run once (as `next_token_logits` does at inference): those of the positions after
+        the prefix, (B, L - prefix, V), which is all the answer loss reads. None when it
+        cannot: no shared prefix, or a distributed wrapper whose own forward must run."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        if self.plain is not None and self.model is not self.plain or not bool(mask[:, 0].all()):
+            return None
+        rows = [ids[i, : int(n)] for i, n in enumerate(mask.sum(1))]
+        shared = self._shared_length(rows)
+        if not shared:
+            return None
+        return self._prefix_then_rows(rows, batch, shared, train=True)
+
+    @torch.no_grad()
+    def encode_media(self, batch: Batch) -> Batch:
+        """As `Backbone.encode_media`: the encoders' and projectors' features are the same
+        whatever adapter answers, unless an adapter reaches into them (vision LoRA)."""
+        adapted = any(
+            "lora_" in n or "modules_to_save" in n
+            for part in (self.core.encoders, self.core.projectors)
+            for n, _ in part.named_parameters()
         )
-        last = smask.sum(1) - 1
-        return out.logits[torch.arange(len(rows), device=ids.device), last]
+        if batch.media and not batch.encoded and not adapted:
+            was_training = self.model.training
+            self.model.eval()
+            batch.encoded = {m: self.core.encode(m, x) for m, x in batch.media.items()}
+            self.model.train(was_training)
+        return batch
 
     def _forward(self, batch: Batch, hidden: bool, **kw):
+        if self.share_prefix and not hidden and not kw:
+            logits = self._shared_prefix_logits(batch)
+            if logits is not None:
+                return logits, None
         out = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             media=batch.media,
+            encoded=batch.encoded,
             output_hidden_states=hidden,
             **kw,
         )
@@ -279,6 +349,7 @@ class ComposedBackbone(Backbone):
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             media=batch.media,
+            encoded=batch.encoded,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=self.eos,
