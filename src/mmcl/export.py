@@ -176,6 +176,9 @@ def routing_info(method: Method) -> dict[str, Any] | None:
             "adapter": f"adapters/{ROUTER}" if method.opts.router == "mllm" else None,
             "prompt": method.routing_prompt(question),
             "answer": "the letter of the expert (the first capital letter of its answer)",
+            # set: the router was trained to answer from the LM's first N layers, so it must
+            # be run truncated to them (None: the whole LM)
+            "layers": method.opts.router_layers,
         },
         "experts": [
             {
