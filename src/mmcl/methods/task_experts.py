@@ -17,6 +17,7 @@ size 1); here every sample gets its own, so results do not depend on how samples
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import torch
@@ -95,7 +96,7 @@ class PrototypeExpertOptions(MethodOptions):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="each task's expert")
 
 
-class PrototypeExperts(Method):
+class PrototypeExperts(Method, ABC):
     """Base of hide-llava and disco: subclasses say which layers mix (`mixes`), which features
     the prototypes compare (`prototype_features`) and the softmax temperature."""
 
@@ -107,12 +108,13 @@ class PrototypeExperts(Method):
         self._weighed = 0  # samples whose weights went into top_weight[-1]
 
     # --- what a subclass chooses ------------------------------------------------------------
+    @abstractmethod
     def mixes(self, layer: int, top: int) -> bool:
         """Whether decoder layer `layer` (of 0..top) mixes the experts per sample."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prototype_features(self) -> tuple[Feature, ...]:
-        raise NotImplementedError
+        """Which pooled features (image, text) the prototypes compare."""
 
     @property
     def temperature(self) -> float:

@@ -256,10 +256,10 @@ class Backbone(ABC):
             self.model.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @abstractmethod
     def media_mask(self, batch: Batch) -> torch.Tensor:
         """(B, L) True at the positions of the batch that hold media (image/audio/video)
         features rather than text tokens."""
-        raise MmclError(f"{type(self).__name__} does not mark its media tokens")
 
     @torch.no_grad()
     def modality_features(
