@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from accelerate.utils import is_wandb_available
@@ -35,8 +36,13 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
-    tmp_path, micro_overrides, killed_after_first_step
+    tmp_path, micro_overrides, killed_after_first_step, monkeypatch
 ):
+    # Every event file opened in the same second, as on a fast machine: an event file's name
+    # holds only that second, and a file of the resumed run must not overwrite the killed one's.
+    import tensorboardX.event_file_writer as event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: 1.8e9))
     cfg = load_config(None, {**micro_overrides, "method.name": "ewc", "track": ["tensorboard"]})
     with killed_after_first_step():
         Run(cfg, tmp_path / "run").execute()

@@ -62,11 +62,21 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, str | int
     return out
 
 
+def _fresh_suffix(folder: Path) -> str:
+    """A suffix that names a new TensorBoard event file apart from those already in `folder`.
+
+    An event file's name holds only the second it was opened in, so a resumed run (or the
+    next step) opening one in the same second as an earlier file would overwrite it."""
+    return f".{len(list(folder.glob('events.out.tfevents.*'))):04d}"
+
+
 def _make(name: str, out: Path, run_name: str) -> GeneralTracker:
     if name == "tensorboard":
         from accelerate.tracking import TensorBoardTracker
 
-        return TensorBoardTracker("tensorboard", out)
+        return TensorBoardTracker(
+            "tensorboard", out, filename_suffix=_fresh_suffix(out / "tensorboard")
+        )
     if name == "wandb":
         from accelerate.tracking import WandBTracker
 
@@ -158,10 +168,9 @@ class RunTracker:
             if t.name == "tensorboard":
                 # Its writer writes from a queue and syncs every 2 minutes; closing it makes
                 # the step's values durable before the checkpoint commits the step (a killed
-                # run would lose them otherwise). The next step writes a new event file, named
-                # apart: a file name holds only the second it was opened in.
+                # run would lose them otherwise). The next step writes a new event file.
                 t.writer.close()
-                t.init_kwargs["filename_suffix"] = f".step{k + 1}"
+                t.init_kwargs["filename_suffix"] = _fresh_suffix(Path(t.logging_dir))
                 t.start()
 
     def finish(self) -> None:
