@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcl.io import atomic_path, write_json, write_text
+from mmcl.question_types import constant_extras, constant_row
 
 METRIC_KEYS = ("mft", "mfn", "maa", "bwt", "fwt", "forgetting")
 
@@ -24,6 +25,9 @@ def matrix_markdown(res: dict[str, Any]) -> str:
     tasks = res["tasks"]
     rows = [["zero-shot", *res["zero_shot"]]]
     rows += [[f"after {tasks[k]}", *row] for k, row in enumerate(res["accuracy_matrix"])]
+    constant = constant_row(res)
+    if constant:  # what the most common training answer of each question type scores
+        rows.append(["constant answer", *constant])
     return _table(["", *tasks], rows)
 
 
@@ -80,7 +84,8 @@ def write_report(out: Path, res: dict[str, Any]) -> None:
     ]
     extras = final_extras(res)
     if extras:
-        table = _scores_table("task", list(extras.items()))
+        constant = [(f"{t} (constant answer)", s) for t, s in constant_extras(res).items()]
+        table = _scores_table("task", [*extras.items(), *constant])
         parts += ["## Other scores after the last step", "", table, ""]
     if "routing" in res:
         parts += [
@@ -169,6 +174,7 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
     tasks = results[0]["tasks"]
     # general retention (%): what each method keeps of the base's general skill, last step
     general = any("general_retention" in r for r in rows)
+    constant = constant_row(results[0])  # the same stream for every method: one baseline
 
     def kept(r: dict[str, Any]) -> list[Any]:
         v = r.get("general_retention")
@@ -187,7 +193,8 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
                 *kept(r),
             ]
             for r in rows
-        ],
+        ]
+        + ([["constant answer", *[""] * 6, *constant, "", "", *kept({})]] if constant else []),
     )
     text = (
         f"# Comparison on {benchmark}\n\nSame stream, task order ({' -> '.join(tasks)}) and "
@@ -195,6 +202,9 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
         f"\n\n{table}\n"
     )
     means = [(r["method"], _mean_over_tasks(r["final_extra"])) for r in rows if "final_extra" in r]
+    constant_types = constant_extras(results[0])
+    if means and constant_types:
+        means.append(("constant answer", _mean_over_tasks(constant_types)))
     if means:
         table = _scores_table("method", means)
         text += f"\n## Other scores after the last task (mean over tasks)\n\n{table}\n"

@@ -40,6 +40,7 @@ from mmcl.methods import make_method, method_options
 from mmcl.methods.base import Method
 from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
+from mmcl.question_types import constant_baseline
 from mmcl.scoring.judge import JUDGED, Judge
 from mmcl.tracking import RunTracker, resolve_trackers
 from mmcl.train import TrainSettings, train
@@ -420,6 +421,10 @@ class Run:
                 ),
             },
             "environment": environment(),
+        }
+        # What answering each question type with its most common training answer scores.
+        res["constant_baseline"] = {
+            t.name: constant_baseline(t.spec.metric, t.train, t.test) for t in tasks
         }
         if self.cfg.model.backbone == "composed":  # which embedded base: check a claim on two
             res["base_seed"] = self.cfg.model.base_seed

@@ -20,7 +20,7 @@ from mmcl.errors import MmclError
 from mmcl.io import cache_dir, read_json, stable_hash
 
 # Bump when a generator's output changes, so caches made by older code are not reused.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 8
 
 
 @dataclass(frozen=True)
