@@ -124,7 +124,7 @@ def train(
     """Train the backbone's trainable parameters on `records`; `log`, if given, gets the
     first process's figures of every batch (loss, answer_loss, the method's terms, lr,
     samples_per_s)."""
-    params = [p for p in backbone.core.parameters() if p.requires_grad]
+    params = list(backbone.trainable_parameters().values())
     if not params:
         raise MmclError(f"{desc}: nothing to train (no parameter requires grad)")
     if not records:
@@ -150,15 +150,13 @@ def train(
     sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
     plain = backbone.model
     sharded = acc.distributed_type == DistributedType.FSDP
-    backbone.model, opt, loader, sched = acc.prepare(
+    wrapped, opt, loader, sched = acc.prepare(
         _shell(plain) if sharded else plain, opt, loader, sched
     )
-    backbone.plain = plain
     clipped = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the shards
-    backbone.model.train()
     torch.manual_seed(seed)  # dropout and any sampling inside the step
     done, seen, loss_ema, t0 = 0, 0, float("nan"), time.perf_counter()
-    try:
+    with backbone.running_as(wrapped):
         with Progress(
             TextColumn(f"[bold]{desc}"),
             BarColumn(),
@@ -172,7 +170,7 @@ def train(
             job = bar.add_task(desc, total=n_batches, loss=float("nan"), sps=0.0)
             while done < n_batches:
                 for batch in loader:
-                    with acc.accumulate(backbone.model):
+                    with acc.accumulate(wrapped):
                         out = backbone.forward(batch)
                         loss = out.loss
                         if acc.num_processes > 1:
@@ -218,8 +216,5 @@ def train(
                     if done >= n_batches:
                         break
         if sharded:
-            _gather_trained(backbone.model, plain)
-    finally:
-        backbone.model, backbone.plain = plain, None
-        backbone.model.eval()
+            _gather_trained(wrapped, plain)
     return TrainStats(seen, time.perf_counter() - t0, loss_ema)

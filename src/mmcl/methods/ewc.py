@@ -96,11 +96,8 @@ class Ewc(LoraFT):
         )
         gen = torch.Generator(self.backbone.device).manual_seed(seed)
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        model = self.backbone.model
-        was_training = model.training
-        model.eval()  # the model as it stands after the task, without dropout
         bs, n_batches = self.opts.fisher_batch_size, 0
-        try:
+        with self.backbone.eval_mode():  # the model as it stands after the task, no dropout
             for start in range(0, len(records), bs):
                 batch = self.backbone.collate(records[start : start + bs], train=True)
                 out = self.backbone.forward(batch.to(self.backbone.device))
@@ -110,8 +107,6 @@ class Ewc(LoraFT):
                     if g is not None:
                         fisher[n] += g.detach().pow(2)
                 n_batches += 1
-        finally:
-            model.train(was_training)
         return {n: f / max(n_batches, 1) for n, f in fisher.items()}
 
     def after_task(self, task: Task, step: int) -> None:

@@ -259,9 +259,8 @@ class MrLora(Method):
         """The base model's prompt-pooled last hidden states (every adapter bypassed)."""
         if batch is None:
             batch = self.backbone.collate(records, train=False).to(self.backbone.device)
-        self.backbone.model.eval()
         names = ["__base__"] * len(batch) if self.backbone.adapters else None
-        with self.backbone.first_layers(self.opts.router_layers):
+        with self.backbone.eval_mode(), self.backbone.first_layers(self.opts.router_layers):
             out = self.backbone.forward(batch, adapter_names=names, hidden=True)
         return out.hidden.float()
 

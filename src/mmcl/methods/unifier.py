@@ -167,13 +167,7 @@ class Unifier(Method):
             self.branch_of[self.current] = len(self.vres[0].branches) - 1
         k = self.branch_of[self.current]
         params = dict(self.backbone.adapter_parameters("main"))
-        params.update(
-            {
-                n: p
-                for n, p in self.backbone.core.named_parameters()
-                if ".vre.proj." in n or f".vre.branches.{k}." in n
-            }
-        )
+        params.update(self.backbone.parameters_of(rf"\.vre\.(?:proj|branches\.{k})\."))
         self.backbone.set_trainable(params)
 
     def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
@@ -181,7 +175,7 @@ class Unifier(Method):
             return {}
         terms = []
         # The modules of the model that ran, which under FSDP are copies of self.vres.
-        running = [m for m in self.backbone.model.modules() if isinstance(m, VisionExpansion)]
+        running = [m for m in self.backbone.running_modules() if isinstance(m, VisionExpansion)]
         for i, vre in enumerate(running):
             if vre.cache is None:
                 continue
