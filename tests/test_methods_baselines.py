@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmcl.checkpoint import join_state, split_state
 from mmcl.config import load_config
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.errors import MmclError
@@ -19,7 +20,7 @@ from mmcl.methods.distill import kl_distill, teacher_logits
 from mmcl.methods.moe_lora import MoeLoraConfig, MoELoraLinear
 from mmcl.methods.o_lora import orthogonality_loss
 from mmcl.models.tiny import pretrained_backbone
-from mmcl.runner import Run, _flatten, _unflatten
+from mmcl.runner import Run
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,8 @@ def test_ewc_penalty_zero_at_anchor_growing_away_and_online_fisher(tasks):
         assert torch.allclose(m.fisher[n], 0.5 * f1[n] + f2[n], atol=1e-7)
         assert torch.equal(m.anchor[n], params[n].detach())
     # Resume: through the runner's checkpoint split (dotted parameter names must survive).
-    tensors, rest = _flatten(m.state_dict())
-    again = _unflatten(tensors, json.loads(json.dumps(rest)))
+    tensors, rest = split_state(m.state_dict())
+    again = join_state(tensors, json.loads(json.dumps(rest)))
     m2 = _method("ewc", tasks, fisher_samples=6, gamma=0.5, weight=10.0)
     m2.setup()
     m2.load_state_dict(again)
@@ -130,11 +131,11 @@ def test_ewc_state_survives_safetensors(tasks, tmp_path):
     m = _method("ewc", tasks, fisher_samples=2)
     m.setup()
     m.after_task(tasks[0], 0)
-    tensors, rest = _flatten(m.state_dict())
+    tensors, rest = split_state(m.state_dict())
     save_tensors(tmp_path / "m.safetensors", tensors)
     m2 = _method("ewc", tasks)
     m2.setup()
-    m2.load_state_dict(_unflatten(load_tensors(tmp_path / "m.safetensors"), rest))
+    m2.load_state_dict(join_state(load_tensors(tmp_path / "m.safetensors"), rest))
     assert m2.fisher.keys() == m.fisher.keys() and len(m2.fisher) > 0
 
 

@@ -25,6 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from mmcl import checkpoint
 from mmcl.config import ExperimentConfig, parse_config
 from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
@@ -52,9 +53,7 @@ CHAT_TEMPLATE = (
 
 def _run_config(run_dir: Path) -> ExperimentConfig:
     """The configuration a run was made with, from its newest readable checkpoint state."""
-    from mmcl.runner import Run
-
-    for folder in Run(ExperimentConfig(), run_dir)._checkpoints():
+    for folder in checkpoint.candidates(run_dir / "checkpoints"):
         try:
             state = read_json(folder / "state.json")
             return parse_config(state["config"], str(folder / "state.json"))

@@ -1,26 +1,22 @@
 """The continual loop: for each task, train -> evaluate every task -> checkpoint; and resume.
 
-After each step the whole state needed to continue is written atomically under
-`checkpoints/`: the weights that any step trained (safetensors), the method's state
-(safetensors + JSON), and the partial results (JSON). `--resume` continues after the last
-completed step; seeds are derived from (seed, step), so a resumed run ends as an uninterrupted
-one would. latest.json, written last, commits a step; the folder of the step before stays until
-the next commit, and resume falls back to it when the newest one is corrupt or partial.
+After each step the whole state needed to continue is written under `checkpoints/` (the
+format: checkpoint.py). `--resume` continues after the last completed step; seeds are derived
+from (seed, step), so a resumed run ends as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmcl import __version__
+from mmcl import __version__, checkpoint
+from mmcl.checkpoint import Checkpoint
 from mmcl.config import ExperimentConfig
 from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
@@ -28,10 +24,7 @@ from mmcl.evaluate import TaskResult, evaluate_task
 from mmcl.general import GeneralBenchmark, evaluate_general, general_section, is_due, load_general
 from mmcl.io import (
     derive_seed,
-    load_tensors,
     process_state,
-    read_json,
-    save_tensors,
     seed_everything,
     write_json,
     write_jsonl,
@@ -46,16 +39,6 @@ from mmcl.train import TrainSettings, train
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Checkpoint:
-    """One step folder, read in full (and so known to be intact) before it is applied."""
-
-    folder: Path
-    state: dict[str, Any]
-    method_tensors: dict[str, torch.Tensor]
-    model_tensors: dict[str, torch.Tensor]
 
 
 def load_tasks(cfg: ExperimentConfig) -> list[Task]:
@@ -102,22 +85,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _flatten(state: dict[str, Any], prefix: str = "") -> tuple[dict, dict]:
-    """Split a nested state into (tensors by dotted key, JSON-able rest)."""
-    tensors, rest = {}, {}
-    for k, v in state.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, torch.Tensor):
-            tensors[key] = v
-        elif isinstance(v, dict) and any(isinstance(x, torch.Tensor | dict) for x in v.values()):
-            t, r = _flatten(v, f"{key}.")
-            tensors.update(t)
-            rest[k] = r
-        else:
-            rest[k] = v
-    return tensors, rest
-
-
 def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
     """Whether a checkpoint's config gives the results `cfg` gives (tracking may change)."""
     if not isinstance(saved, dict):
@@ -126,16 +93,6 @@ def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
     return {k: v for k, v in saved.items() if k != "track"} == {
         k: v for k, v in ours.items() if k != "track"
     }
-
-
-def _unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], prefix: str = "") -> dict:
-    out: dict[str, Any] = {}
-    for k, v in rest.items():
-        out[k] = _unflatten(tensors, v, f"{prefix}{k}.") if isinstance(v, dict) else v
-    for key, t in tensors.items():
-        if key.startswith(prefix) and "." not in key[len(prefix) :]:
-            out[key[len(prefix) :]] = t
-    return out
 
 
 class Run:
@@ -147,81 +104,28 @@ class Run:
 
     # --- checkpoints ------------------------------------------------------------------------
     def _save(self, step: int, state: dict[str, Any], backbone: Backbone, method: Method) -> None:
-        if not is_main_process():
-            return
-        folder = self.ckpt / f"step{step}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        weights = backbone.state_dict()
-        save_tensors(
-            folder / "model.safetensors",
-            {k: weights[k] for k in state["trained_params"] if k in weights},
-        )
-        m_tensors, m_rest = _flatten(method.state_dict())
-        save_tensors(folder / "method.safetensors", m_tensors)
-        write_json(folder / "state.json", {**state, "method_state": m_rest})
-        write_json(self.ckpt / "latest.json", {"step": step})  # the commit point
-        for old in self.ckpt.glob("step*"):  # keep this step and the one before it
-            if old.name not in {f"step{step}", f"step{step - 1}"}:
-                shutil.rmtree(old)
-
-    def _checkpoints(self) -> list[Path]:
-        """Step folders to resume from, best first: the committed one (latest.json), then the
-        older ones, for when it turns out corrupt. A folder newer than latest.json was never
-        committed; without a readable latest.json, every folder is a candidate (state.json is
-        written last, so a folder that has one and loads is complete)."""
-        steps = sorted(
-            (int(f.name[4:]) for f in self.ckpt.glob("step*") if f.name[4:].lstrip("-").isdigit()),
-            reverse=True,
-        )
-        latest = self.ckpt / "latest.json"
-        if latest.exists():
-            try:
-                top = int(read_json(latest)["step"])
-                steps = [s for s in steps if s <= top]
-            except (MmclError, KeyError, TypeError, ValueError) as e:
-                log.warning("%s is unreadable (%s); using the newest complete step", latest, e)
-        return [self.ckpt / f"step{s}" for s in steps]
+        if is_main_process():
+            weights = backbone.state_dict()
+            trained = {k: weights[k] for k in state["trained_params"] if k in weights}
+            checkpoint.save(self.ckpt, step, state, trained, method.state_dict())
 
     def _find_checkpoint(self) -> Checkpoint | None:
-        """Read and check the newest usable checkpoint in full, before anything is applied."""
-        problems = []
-        for folder in self._checkpoints():
-            try:
-                state = read_json(folder / "state.json")
-                if not isinstance(state, dict) or "method_state" not in state:
-                    raise MmclError(f"{folder / 'state.json'}: not a checkpoint state")
-                ckpt = Checkpoint(
-                    folder,
-                    state,
-                    load_tensors(folder / "method.safetensors"),
-                    load_tensors(folder / "model.safetensors"),
-                )
-            except MmclError as e:
-                log.warning("corrupt checkpoint, trying the previous one: %s", e)
-                problems.append(str(e))
-                continue
-            if not _same_results_config(state.get("config"), self.cfg):
-                raise MmclError(
-                    f"{folder}: the checkpoint was made with another configuration; "
-                    "resume with the same config, or use a new --out"
-                )
-            return ckpt
-        if problems and (self.ckpt / "latest.json").exists():
+        """The newest usable checkpoint, read in full before anything is applied; one made
+        with another configuration is an error, not a fresh start."""
+        found = checkpoint.find(self.ckpt)
+        if found is not None and not _same_results_config(found.state.get("config"), self.cfg):
             raise MmclError(
-                f"{self.ckpt}: no usable checkpoint ({'; '.join(problems)}); "
-                "remove the folder to start the run again"
+                f"{found.folder}: the checkpoint was made with another configuration; "
+                "resume with the same config, or use a new --out"
             )
-        return None  # nothing was committed yet: start from the beginning
+        return found
 
     def _restore(self, ckpt: Checkpoint, backbone: Backbone, method: Method) -> dict[str, Any]:
-        state = dict(ckpt.state)
-        method.load_state_dict(_unflatten(ckpt.method_tensors, state.pop("method_state")))
+        method.load_state_dict(ckpt.method_state)
         current = backbone.state_dict()
-        current.update(ckpt.model_tensors)
+        current.update(ckpt.model)
         backbone.load_state_dict(current)
-        return state
+        return dict(ckpt.state)
 
     # --- the loop ---------------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:

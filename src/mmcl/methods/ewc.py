@@ -59,10 +59,6 @@ def _sampled_nll(out: Outputs, gen: torch.Generator) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def _key(name: str) -> str:
-    return name.replace(".", "/")  # checkpoint keys are split on dots
-
-
 @register
 class Ewc(LoraFT):
     name = "ewc"
@@ -130,8 +126,8 @@ class Ewc(LoraFT):
     # --- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "fisher": {_key(n): t for n, t in self.fisher.items()},
-            "anchor": {_key(n): t for n, t in self.anchor.items()},
+            "fisher": dict(self.fisher),
+            "anchor": dict(self.anchor),
             "penalties": list(self.penalties),
         }
 
@@ -139,7 +135,7 @@ class Ewc(LoraFT):
         self.penalties = list(state.get("penalties") or [])
         params = self.params()
         for part in ("fisher", "anchor"):
-            saved = {k.replace("/", "."): t for k, t in (state.get(part) or {}).items()}
+            saved = dict(state.get(part) or {})
             if saved and set(saved) != set(params):
                 raise MmclError(
                     f"ewc checkpoint: the saved {part} does not match the trainable parameters"

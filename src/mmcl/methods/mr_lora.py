@@ -373,10 +373,8 @@ class MrLora(Method):
     def state_dict(self) -> dict[str, Any]:
         # Adapter weights of the router are kept here: the runner saves the weights that the
         # task's own training touched (the experts), and the router trains after that.
-        router = {
-            n.replace(".", "/"): p.detach().clone()
-            for n, p in self.backbone.adapter_parameters(ROUTER).items()
-        }
+        router = self.backbone.adapter_parameters(ROUTER)
+        router = {n: p.detach().clone() for n, p in router.items()}
         return {
             "experts": list(self.experts),
             "sample_ids": {k: list(v) for k, v in self.sample_ids.items()},
@@ -402,11 +400,10 @@ class MrLora(Method):
         if router:
             self.backbone.add_lora(ROUTER, self.opts.router_lora)
             params = self.backbone.adapter_parameters(ROUTER)
-            wanted = {k.replace("/", "."): v for k, v in router.items()}
-            if set(wanted) != set(params):
+            if set(router) != set(params):
                 raise MmclError("mr-lora checkpoint: the router's weights do not match its LoRA")
             with torch.no_grad():
                 for n, p in params.items():
-                    p.copy_(wanted[n])
+                    p.copy_(router[n])
         if self.experts:
             self._activate()

@@ -149,7 +149,7 @@ class Sefe(Method):
     def state_dict(self) -> dict[str, Any]:
         return {
             "adapters": list(self.adapters),
-            "key_masks": {n.replace(".", "/"): m.clone() for n, m in self.key_masks.items()},
+            "key_masks": {n: m.clone() for n, m in self.key_masks.items()},
             "rewritten": list(self.rewritten),
             "unchanged": list(self.unchanged),
         }
@@ -158,7 +158,7 @@ class Sefe(Method):
         """Re-add every task's LoRA (their weights load afterwards), all frozen and active."""
         self.adapters = list(state.get("adapters") or [])
         masks = state.get("key_masks") or {}
-        self.key_masks = {n.replace("/", "."): m.bool() for n, m in masks.items()}
+        self.key_masks = {n: m.bool() for n, m in masks.items()}
         self.rewritten = list(state.get("rewritten") or [])
         self.unchanged = list(state.get("unchanged") or [])
         for name in self.adapters:

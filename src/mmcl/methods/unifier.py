@@ -211,13 +211,7 @@ class Unifier(Method):
     def state_dict(self) -> dict[str, Any]:
         # Branch and projection weights are saved by the runner (they were trainable); here
         # only the scenario -> branch map and the snapshots (never trainable, so not saved).
-        snaps = {
-            s: {
-                str(i): {n.replace(".", "_"): t for n, t in layer.items()}
-                for i, layer in enumerate(layers)
-            }
-            for s, layers in self.snapshots.items()
-        }
+        snaps = {s: {str(i): x for i, x in enumerate(ls)} for s, ls in self.snapshots.items()}
         return {"branch_of": dict(self.branch_of), "snapshots": snaps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -226,7 +220,7 @@ class Unifier(Method):
             self._add_branch()  # the runner then loads their weights by name
         self.snapshots = {
             s: [
-                {n.replace("_", "."): t.to(self.backbone.device) for n, t in layers[str(i)].items()}
+                {n: t.to(self.backbone.device) for n, t in layers[str(i)].items()}
                 for i in range(len(self.vres))
             ]
             for s, layers in state.get("snapshots", {}).items()
