@@ -7,15 +7,10 @@ from (seed, step), so a resumed run ends as an uninterrupted one would.
 
 from __future__ import annotations
 
-import logging
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mmcl import __version__, checkpoint
+from mmcl import checkpoint
 from mmcl.checkpoint import Checkpoint
 from mmcl.config import ExperimentConfig
 from mmcl.data.benchmarks import Task, get_benchmark
@@ -29,16 +24,16 @@ from mmcl.io import (
     write_json,
     write_jsonl,
 )
+from mmcl.learn import learn_task
 from mmcl.methods import make_method, method_options
 from mmcl.methods.base import Method
-from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
-from mmcl.scoring.judge import JUDGED, Judge
+from mmcl.results import assemble_results
+from mmcl.scoring.judge import judge_of
 from mmcl.tracking import RunTracker, resolve_trackers
-from mmcl.train import TrainSettings, train
+from mmcl.train import TrainSettings
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
-log = logging.getLogger(__name__)
 
 
 def load_tasks(cfg: ExperimentConfig) -> list[Task]:
@@ -69,20 +64,6 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
 def is_main_process() -> bool:
     """Under torchrun/accelerate every process runs the loop; only the first writes files."""
     return process_state().is_main_process
-
-
-def environment() -> dict[str, Any]:
-    import peft
-    import transformers
-
-    return {
-        "mmcl": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-    }
 
 
 def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
@@ -179,7 +160,7 @@ class Run:
             state["rows"] = [state["zero_shot"]] * len(tasks)
         elif method.joint and state["next_step"] == 0:
             merged = Task(specs[0], [r for t in tasks for r in t.train], [])
-            self._train_step(backbone, method, merged, 0, settings, state, tracker, tasks)
+            self._train_step(method, merged, 0, settings, state, tracker, joint=True)
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
             self._general(backbone, method, general, "step0", state)
             state["rows"] = [row] * len(tasks)
@@ -194,7 +175,7 @@ class Run:
             self._save(0, state, backbone, method)
         else:
             for step in range(state["next_step"], len(tasks)):
-                self._train_step(backbone, method, tasks[step], step, settings, state, tracker)
+                self._train_step(method, tasks[step], step, settings, state, tracker)
                 row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
                 if is_due(step, len(tasks), cfg.eval.general_every):
                     self._general(backbone, method, general, f"step{step}", state)
@@ -205,7 +186,7 @@ class Run:
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
         tracker.finish()
-        results = self._results(tasks, method, state)
+        results = assemble_results(cfg, tasks, method, state)
         if general:
             tags = [
                 "zero_shot" if not method.trains else "step0" if method.joint else f"step{k}"
@@ -222,35 +203,26 @@ class Run:
 
     def _train_step(
         self,
-        backbone: Backbone,
         method: Method,
         task: Task,
         step: int,
         settings: TrainSettings,
         state: dict,
         tracker: RunTracker,
-        all_tasks: list[Task] | None = None,
+        joint: bool = False,
     ) -> None:
-        seed_everything(derive_seed(self.cfg.seed, "step", step))
-        method.before_task(task, step)
-        records = method.train_records(task)
-        label = "all tasks" if all_tasks else task.name
-        stats = train(
-            backbone,
-            records,
-            settings,
-            derive_seed(self.cfg.seed, "train", step),
+        stats = learn_task(
             method,
-            desc=f"{method.name} step {step + 1}: {label}",
-            log=tracker.train_logger("all" if all_tasks else task.name, state),
+            task,
+            step,
+            settings,
+            self.cfg.seed,
+            desc=f"{method.name} step {step + 1}: {'all tasks' if joint else task.name}",
+            log=tracker.train_logger("all" if joint else task.name, state),
         )
-        state["trained_params"] = sorted(
-            set(state["trained_params"]) | set(backbone.trainable_parameters())
-        )
-        t_after = time.perf_counter()
-        method.after_task(task, step)  # consolidation (a Fisher, a router) is training time too
-        state["train_s"] += stats.seconds + (time.perf_counter() - t_after)
-        state["train_samples"] += stats.samples
+        state["trained_params"] = sorted(set(state["trained_params"]) | set(stats.trained))
+        state["train_s"] += stats.seconds
+        state["train_samples"] += stats.train.samples
 
     def _general(
         self,
@@ -278,7 +250,7 @@ class Run:
         row, counts, routing, extras = [], {}, [], {}
         for task in tasks:
             res: TaskResult = evaluate_task(
-                backbone, task, method, self.cfg.eval.batch_size, self._judge()
+                backbone, task, method, self.cfg.eval.batch_size, judge_of(self.cfg.eval)
             )
             if is_main_process():
                 write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
@@ -293,66 +265,3 @@ class Run:
         if extras:  # a scorer's figures beside the task score (e.g. grounding F1), per evaluation
             state.setdefault("task_extra", {})[tag] = extras
         return row, counts, (routing if any(r is not None for r in routing) else None)
-
-    def _judge(self) -> Judge | None:
-        """The math answer judge of eval.judge_url/judge_model, if set (off by default)."""
-        ev = self.cfg.eval
-        return Judge(ev.judge_url, ev.judge_model) if ev.judge_url and ev.judge_model else None
-
-    def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
-        names = [t.name for t in tasks]
-        matrix, zero = state["rows"], state["zero_shot"]
-        res: dict[str, Any] = {
-            "benchmark": self.cfg.benchmark,
-            "method": method.name,
-            "seed": self.cfg.seed,
-            "tasks": names,
-            "task_metric": {t.name: METRIC_NAMES.get(t.spec.metric, t.spec.metric) for t in tasks},
-            "zero_shot": zero,
-            "accuracy_matrix": matrix,
-            "metrics": {k: round(v, 4) for k, v in continual_metrics(matrix, zero).items()},
-            "counts": state["counts"]
-            or {
-                n: {"scored": len(t.test), "total": len(t.test)}
-                for n, t in zip(names, tasks, strict=True)
-            },
-            "timing": {
-                "train_s": round(state["train_s"], 2),
-                "eval_s": round(state["eval_s"], 2),
-                "train_samples_per_s": round(
-                    state["train_samples"] / max(state["train_s"], 1e-9), 2
-                ),
-            },
-            "environment": environment(),
-        }
-        if self.cfg.model.backbone == "composed":  # which embedded base: check a claim on two
-            res["base_seed"] = self.cfg.model.base_seed
-        judge = self._judge()
-        if judge is not None and any(t.spec.metric in JUDGED for t in tasks):
-            res["judge"] = judge.describe()
-        if method.joint:
-            res["upper_bound"] = True
-            res["note"] = "joint trains once on all tasks; its one evaluation fills every row"
-        if not method.trains:
-            res["note"] = "zero-shot does not train; the base model's evaluation fills every row"
-        routed = [r for r in state["routing"] if r]
-        if routed:
-            res["routing"] = {
-                "accuracy": [round(100 * a, 2) for a in routed[-1]],
-                "per_step": [
-                    [round(100 * a, 2) if a is not None else None for a in r]
-                    for r in state["routing"]
-                ],
-                **method.report().get("routing", {}),
-            }
-        task_extra = state.get("task_extra") or {}
-        if task_extra:  # rows follow accuracy_matrix (one evaluation fills all for joint/zero-shot)
-            tag = "zero_shot" if not method.trains else ("step0" if method.joint else None)
-            res["task_extra"] = {
-                "zero_shot": task_extra.get("zero_shot", {}),
-                "per_step": [task_extra.get(tag or f"step{k}", {}) for k in range(len(matrix))],
-            }
-        extra = {k: v for k, v in method.report().items() if k != "routing"}
-        if extra:
-            res["method_info"] = extra
-        return res
