@@ -180,7 +180,7 @@ def scaling(p: BenchPreset, methods: list[str] | None = None) -> dict[str, Any]:
 
 def scaling_markdown(scaling_res: dict[str, Any], steps: int, records: int) -> list[str]:
     """Lines of bench.md: each method's cost at the second and the last step, and its growth."""
-    from mmcl.report import _table
+    from mmcl.report import markdown_table
 
     rows = []
     for name, r in scaling_res.items():
@@ -214,7 +214,7 @@ def scaling_markdown(scaling_res: dict[str, Any], steps: int, records: int) -> l
         f"peak RSS MB, step 2 / {steps}",
     ]
     return [
-        _table(header, rows),
+        markdown_table(header, rows),
         "",
         f"Each method learns a {steps}-task stream (the ability tasks in turn, "
         f"{records} training samples per task, one epoch) in a fresh "
