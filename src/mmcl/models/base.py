@@ -12,32 +12,24 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
 from torch import nn
 
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
-from mmcl.models import lora
 from mmcl.models.batch import IGNORE, Batch, Outputs, answer_loss, is_per_token
-from mmcl.models.lora import LoraSpec, lm_linear_regex
+from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex
 
 # Re-exported: backbones and methods import these from here.
 __all__ = ["IGNORE", "Backbone", "Batch", "LoraSpec", "Outputs", "is_per_token", "lm_linear_regex"]
 
 
-class Backbone(ABC):
+class Backbone(LoraAdapters, ABC):
     """The one owner of the model and its wrapping: `core` is the plain nn.Module, `model`
     what forward passes run (core, peft's wrapper of it, or a trainer's wrapper of that while a
     task trains). Methods go through its named operations (adapters, modes, the teacher view),
     never through `model`. A backbone implements `collate`, `_forward` and `_generate`."""
-
-    lm_lora_targets: str  # regex of the language model's linear layers
-    vision_lora_targets: str | None = None
-    # Modules every adapter trains a full copy of (peft's modules_to_save), e.g. projectors.
-    lora_modules_to_save: tuple[str, ...] = ()
 
     def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):
         self.core = core
@@ -241,84 +233,6 @@ class Backbone(ABC):
         """The modules of the model as forward passes run it: under a trainer's wrapper its
         copies (FSDP), which hold what the last forward pass recorded."""
         return self.model.modules()
-
-    # --- LoRA adapters through peft ---------------------------------------------------------
-    @property
-    def _peft_model(self) -> PeftModel | None:
-        """The adapters' owner (also while a trainer's wrapper runs): peft's model, if any."""
-        model = self.plain if self.plain is not None else self.model
-        return model if isinstance(model, PeftModel) else None
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self._peft_model.peft_config) if self._peft_model is not None else []
-
-    def add_lora(self, name: str, spec: LoraSpec) -> None:
-        """Add a LoRA adapter named `name` (LM linear layers, optionally the vision encoder)."""
-        if name in self.adapters:
-            raise MmclError(f"an adapter named {name!r} exists already")
-        targets = spec.targets or self.lm_lora_targets
-        if spec.vision:
-            if not self.vision_lora_targets:
-                raise MmclError(f"{type(self).__name__} has no vision encoder to put LoRA on")
-            targets = f"(?:{targets})|(?:{self.vision_lora_targets})"
-        cfg = lora.lora_config(spec, targets, self.lora_modules_to_save)
-        if not isinstance(self.model, PeftModel):
-            self.model = get_peft_model(self.core, cfg, adapter_name=name)
-        else:
-            self.model.add_adapter(name, cfg)
-        for p in self.core.parameters():  # adding an adapter must not unfreeze or freeze others
-            p.requires_grad_(False)
-
-    def _peft(self, name: str) -> PeftModel:
-        if name not in self.adapters:
-            raise MmclError(f"no adapter named {name!r} (adapters: {self.adapters})")
-        return self._peft_model
-
-    def remove_adapter(self, name: str) -> None:
-        """Delete adapter `name` and its weights (the others stay as they are)."""
-        self._peft(name).delete_adapter(name)
-
-    def use_adapters(self, names: str | list[str] | None) -> None:
-        """Activate adapter(s) for forward/generate; None runs the base model."""
-        if self._peft_model is None:
-            if names:
-                raise MmclError("no LoRA adapters have been added")
-            return
-        tuner = self._peft_model.base_model
-        if not names:
-            tuner.disable_adapter_layers()
-            return
-        tuner.enable_adapter_layers()
-        tuner.set_adapter(names if isinstance(names, list) else [names])
-
-    @property
-    def active_adapters(self) -> list[str]:
-        """The adapters set to answer (empty: no adapter added)."""
-        return list(self._peft_model.active_adapters) if self._peft_model is not None else []
-
-    def adapter_rank(self, name: str) -> int:
-        return self._peft(name).peft_config[name].r
-
-    def export_adapter(self, name: str, folder: Path) -> Path:
-        """Write adapter `name` for `PeftModel.from_pretrained` (adapter_config.json and
-        adapter_model.safetensors) under `folder`, in a subfolder of its name (peft's layout;
-        `default`: in `folder`); returns where it went."""
-        self._peft(name).save_pretrained(str(folder), selected_adapters=[name])
-        return folder if name == "default" else folder / name
-
-    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        """The parameters of adapter `name` by name in `core` (exactly that adapter's: one
-        named like a module of the base, e.g. `mlp`, gets none of the base's weights)."""
-        if name not in self.adapters:
-            return {}
-        ids = lora.adapter_parameter_ids(self.core, name)
-        return {n: p for n, p in self.core.named_parameters() if id(p) in ids}
-
-    def lora_factors(self, name: str) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
-        """Per adapted linear layer (by module name in `core`): adapter `name`'s (A, B) weights,
-        whose product B @ A is its update of the layer (before scaling)."""
-        return lora.lora_factors(self.core, name) if name in self.adapters else {}
 
     def parameters_of(self, pattern: str) -> dict[str, nn.Parameter]:
         """`core`'s parameters whose name matches the regex `pattern` anywhere (those of the
