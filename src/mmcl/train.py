@@ -28,32 +28,21 @@ from accelerate.utils import (
     FullyShardedDataParallelPlugin,
     parse_flag_from_env,
 )
-from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
+from mmcl.config import TrainSettings
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
+
+__all__ = ["TrainSettings", "TrainStats", "train"]  # TrainSettings lives in config
 
 if TYPE_CHECKING:
     from mmcl.methods.base import Method
     from mmcl.models.base import Backbone
-
-
-class TrainSettings(BaseModel, extra="forbid"):
-    """Optimisation settings of one training stage. The defaults suit LoRA on the embedded tiny
-    model (the demo); pretrained 7B-class models want lr ~1e-4 and 1 epoch (see configs/)."""
-
-    epochs: float = Field(3, gt=0, description="passes over the task's training data")
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
 
 
 @dataclass

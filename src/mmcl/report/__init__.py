@@ -18,7 +18,7 @@ from mmcl.report.markdown import (
     mean_over_tasks,
     report_markdown,
 )
-from mmcl.report.plots import plot_comparison, plot_matrix
+from mmcl.report.plots import plot_comparison, plot_matrix, plot_retention
 
 __all__ = [
     "METRIC_KEYS",
@@ -37,8 +37,6 @@ def write_report(out: Path, res: dict[str, Any]) -> None:
     write_text(out / "report.md", report_markdown(res))
     plot_matrix(res, out / "accuracy_matrix.png")
     if "general" in res:
-        from mmcl.general import plot_retention
-
         plot_retention(res, out / "general_retention.png")
     write_html(out, res)
 

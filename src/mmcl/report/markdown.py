@@ -87,8 +87,6 @@ def report_markdown(res: dict[str, Any]) -> str:
             "",
         ]
     if "general" in res:
-        from mmcl.general import general_markdown
-
         parts += [general_markdown(res), "![general retention](general_retention.png)", ""]
     t = res["timing"]
     parts += [
@@ -159,3 +157,27 @@ def comparison_markdown(benchmark: str, results: list[dict[str, Any]]) -> str:
         table = _scores_table("method", means)
         text += f"\n## Other scores after the last task (mean over tasks)\n\n{table}\n"
     return text
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def general_markdown(res: dict[str, Any]) -> str:
+    """report.md's section: each general benchmark's score on the base and after every step,
+    its retention after the last step, and the mean retention per step."""
+    gen, tasks = res["general"], res["tasks"]
+    header = ["benchmark", "metric", "base", *[f"after {t}" for t in tasks], "retention"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, b in gen["benchmarks"].items():
+        scores = ["–" if s is None else f"{s:.2f}" for s in b["scores"]]
+        row = [name, b["metric"], f"{b['base']:.2f}", *scores, _pct(b["retention"][-1])]
+        lines.append("| " + " | ".join(row) + " |")
+    mean = ["mean retention", "", "100.0%", *[_pct(r) for r in gen["retention"]], ""]
+    lines.append("| " + " | ".join(mean) + " |")
+    every = f"every {gen['every']} steps and after the last" if gen["every"] > 1 else "every step"
+    size = f"{gen['size']} samples per task" if gen["size"] else "all samples"
+    return (
+        "## General-ability retention (never trained on; retention = score / base score)\n\n"
+        f"Evaluated on the base model and after {every}; {size}.\n\n" + "\n".join(lines) + "\n"
+    )

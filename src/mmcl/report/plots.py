@@ -69,3 +69,30 @@ def plot_comparison(results: list[dict[str, Any]], path: Path) -> None:
 
 
 # --- report.html: one self-contained page (inline CSS, media as data: URIs, no scripts) -------
+
+
+def plot_retention(res: dict[str, Any], path: Path) -> None:
+    """general_retention.png: each benchmark's retention over the steps, and their mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen, tasks = res["general"], res["tasks"]
+    x = list(range(len(tasks) + 1))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(x)), 3.8))
+    curves = [(n, b["retention"]) for n, b in gen["benchmarks"].items()]
+    for name, ret in [*curves, ("mean", gen["retention"])]:
+        points = [(k, v) for k, v in zip(x, [1.0, *ret], strict=True) if v is not None]
+        style = {"color": "black", "linewidth": 2.5} if name == "mean" else {}
+        ax.plot(*zip(*points, strict=True), marker="o", label=name, **style)
+    ax.set_xticks(x, ["base", *[f"after {t}" for t in tasks]], rotation=20)
+    ax.set_ylabel("score / base score")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_title(f"general-ability retention: {res['method']} on {res['benchmark']}")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
