@@ -5,15 +5,27 @@ batches."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from mmcl.data.records import Record
-
-if TYPE_CHECKING:
-    from mmcl.methods.mr_lora import MrLora
+from mmcl.models.base import Backbone, Batch
 
 
-def routing_cost(method: MrLora, records: list[Record]) -> dict[str, float]:
+class Router(Protocol):
+    """What the measurement uses of a routing method (mr-lora)."""
+
+    backbone: Backbone
+    experts: list[str]  # the trained experts, in order
+    opts: Any  # cost_batch_size, cost_repeats
+
+    def route(self, records: list[Record], batch: Batch | None = None) -> tuple[list[str], int]:
+        """(expert per record, fallbacks); `batch` gets the records' media encoded once."""
+
+    def activate(self) -> None:
+        """Enable the experts for mixed-adapter generation."""
+
+
+def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
     """Samples/s of (a) one adapter answering every sample (lora-ft's inference), (b) the
     router alone, (c) router + routed experts; on the same records and batches; and the
     time ratio of (c) to (a), in wall-clock and in CPU seconds."""

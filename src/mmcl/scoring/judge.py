@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
-from mmcl.scoring import question_text
 from mmcl.scoring.mathvista import prefetch_passes
+from mmcl.scoring.registry import question_text
 
 if TYPE_CHECKING:
     from mmcl.config import EvalSettings
