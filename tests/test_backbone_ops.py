@@ -9,7 +9,7 @@ from mmcl.data.benchmarks import get_benchmark
 from mmcl.errors import MmclError
 from mmcl.methods.base import Method
 from mmcl.models.base import LoraSpec
-from mmcl.models.tiny import pretrained_backbone
+from mmcl.pretraining.base import pretrained_backbone
 
 
 class TwoAdapters(Method):

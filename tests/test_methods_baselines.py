@@ -19,7 +19,7 @@ from mmcl.methods import make_method
 from mmcl.methods.distill import kl_distill, teacher_logits
 from mmcl.methods.moe_lora import MoeLoraConfig, MoELoraLinear
 from mmcl.methods.o_lora import orthogonality_loss
-from mmcl.models.tiny import pretrained_backbone
+from mmcl.pretraining.base import pretrained_backbone
 from mmcl.runner import Run
 
 

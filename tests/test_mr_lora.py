@@ -14,7 +14,7 @@ from mmcl.errors import MmclError
 from mmcl.methods import make_method
 from mmcl.methods.mr_lora import MrLora
 from mmcl.models.base import LoraSpec
-from mmcl.models.tiny import pretrained_backbone
+from mmcl.pretraining.base import pretrained_backbone
 from mmcl.runner import Run
 
 # Small router settings keep the micro runs fast; the mechanism is the same.

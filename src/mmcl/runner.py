@@ -53,10 +53,10 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         return load_pretrained_parts(cfg.model)
     if any(t.spec.modality != "image" for t in tasks or []):
         # Audio/video streams get the image base extended with its own encoders (cached apart).
-        from mmcl.models.media_pretrain import media_backbone
+        from mmcl.pretraining.media import media_backbone
 
         return media_backbone(cfg.model.preset, seed=cfg.model.base_seed)
-    from mmcl.models.tiny import pretrained_backbone
+    from mmcl.pretraining.base import pretrained_backbone
 
     return pretrained_backbone(cfg.model.preset, seed=cfg.model.base_seed)
 

@@ -183,7 +183,7 @@ PRETRAIN = SynthBenchmark(
     train_size=20000,
     test_size=200,
 )
-# Its audio/video counterpart, which extends that base to hear and watch (models/media_pretrain).
+# Its audio/video counterpart, which extends that base to hear and watch (pretraining/media.py).
 PRETRAIN_AV = SynthBenchmark(
     "pretrain-av",
     "general sounds and clips for extending the base model to audio and video",
