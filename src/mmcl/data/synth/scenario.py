@@ -11,7 +11,7 @@ Objects sit in the cells of the 4 x 4 grid of 16 px cells (one object per cell, 
 varies with the scenario), which is what the embedded model's vision encoder was pretrained on.
 A scene holds zero to three coloured targets among black clutter, and every question is about
 the targets, as in target search from drones or underwater robots. Question types (record meta
-"qtype"): existence ("is there a coloured buoy?"), counting (of the targets), category (the
+"qtype"): existence ("is there a coloured boat?"), counting (of the targets), category (the
 scenario's name for the target's shape: a diamond is a plane from high altitude, a fish
 underwater; see CATEGORIES) and colour (of the one target), position ("row two column
 three") and grounding: the boxes of the one or two targets as text in grid-cell units,
@@ -190,12 +190,14 @@ _TARGETS = {
 # What each scenario calls the things of each shape (MSVQA's scenarios have categories of their
 # own: vehicles seen from drones, marine objects underwater, furniture indoors). The shapes are
 # shared, so the same look of an object has another name in each scenario: a model tuned on
-# one scenario's names forgets the others', which only the image's look tells apart.
+# one scenario's names forgets the others', which only the image's look tells apart. Each name
+# is one token of the embedded tokenizer (a name of several tokens, "helipad", was not learned
+# at all in a task's few hundred samples).
 CATEGORIES = {
-    "high_altitude": dict(zip(SHAPES, ("tank", "truck", "tent", "plane", "helipad"), strict=True)),
-    "underwater": dict(zip(SHAPES, ("buoy", "crate", "fin", "fish", "anchor"), strict=True)),
-    "low_altitude": dict(zip(SHAPES, ("wheel", "car", "cone", "sign", "barrier"), strict=True)),
-    "indoor": dict(zip(SHAPES, ("ball", "box", "lamp", "kite", "chair"), strict=True)),
+    "high_altitude": dict(zip(SHAPES, ("tree", "truck", "plane", "ship", "bus"), strict=True)),
+    "underwater": dict(zip(SHAPES, ("ring", "boat", "fish", "coral", "star"), strict=True)),
+    "low_altitude": dict(zip(SHAPES, ("sign", "vehicle", "person", "light", "bell"), strict=True)),
+    "indoor": dict(zip(SHAPES, ("lamp", "table", "chair", "sofa", "door"), strict=True)),
 }
 
 
