@@ -11,7 +11,7 @@ from mmcl.config import load_config
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.synth import sample_rng
 from mmcl.data.synth.draw import position_name
-from mmcl.data.synth.scenario import CATEGORIES, SCENARIOS, TASKS, scenario_of
+from mmcl.data.synth.scenario import SCENARIOS, TASKS, scenario_of
 from mmcl.io import load_tensors
 from mmcl.methods import make_method
 from mmcl.methods.unifier import Unifier, consistency_loss
@@ -96,8 +96,6 @@ def test_protocols_and_scenario_data():
                 assert a.isdigit()
             elif s.meta["qtype"] == "existence":
                 assert a in ("yes", "no")
-            elif s.meta["qtype"] == "category":  # the scenario's own name for the shape
-                assert a in CATEGORIES[scenario_of(name)].values()
             elif s.meta["qtype"] == "position":
                 assert a in {position_name(r, c) for r in range(4) for c in range(4)}
         assert len(qtypes) >= 5, name

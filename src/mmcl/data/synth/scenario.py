@@ -11,12 +11,11 @@ Objects sit in the cells of the 4 x 4 grid of 16 px cells (one object per cell, 
 varies with the scenario), which is what the embedded model's vision encoder was pretrained on.
 A scene holds zero to three coloured targets among black clutter, and every question is about
 the targets, as in target search from drones or underwater robots. Question types (record meta
-"qtype"): existence ("is there a coloured boat?"), counting (of the targets), category (the
-scenario's name for the target's shape: a diamond is a plane from high altitude, a fish
-underwater; see CATEGORIES) and colour (of the one target), position ("row two column
-three") and grounding: the boxes of the one or two targets as text in grid-cell units,
-x = column and y = row, corners on cell boundaries: the object in row r, column c is
-"[c,r,c+1,r+1]" (multiply by 16 for pixels); see metrics.format_boxes / parse_boxes.
+"qtype"): existence ("is there a coloured circle?"), counting (of the targets), category and
+colour (of the one target), position ("row two column three") and grounding: the boxes of the
+one or two targets as text in grid-cell units, x = column and y = row, corners on cell
+boundaries: the object in row r, column c is "[c,r,c+1,r+1]" (multiply by 16 for pixels); see
+metrics.format_boxes / parse_boxes.
 
 Why targets and fixed questions: questions that pick an object by its position words ("what
 colour is the object at row two column three?") were not learned by the embedded 5M LM from a
@@ -187,30 +186,13 @@ _TARGETS = {
 }
 
 
-# What each scenario calls the things of each shape (MSVQA's scenarios have categories of their
-# own: vehicles seen from drones, marine objects underwater, furniture indoors). The shapes are
-# shared, so the same look of an object has another name in each scenario: a model tuned on
-# one scenario's names forgets the others', which only the image's look tells apart. Each name
-# is one token of the embedded tokenizer (a name of several tokens, "helipad", was not learned
-# at all in a task's few hundred samples).
-CATEGORIES = {
-    "high_altitude": dict(zip(SHAPES, ("tree", "truck", "plane", "ship", "bus"), strict=True)),
-    "underwater": dict(zip(SHAPES, ("ring", "boat", "fish", "coral", "star"), strict=True)),
-    "low_altitude": dict(zip(SHAPES, ("sign", "vehicle", "person", "light", "bell"), strict=True)),
-    "indoor": dict(zip(SHAPES, ("lamp", "table", "chair", "sofa", "door"), strict=True)),
-}
-
-
-def _question(
-    rng: np.random.Generator, objs: list[Obj], qtype: str, names: dict[str, str]
-) -> tuple[str, str]:
-    """(question, answer) of a type about the scene's targets; `names`: the scenario's category
-    name of each shape."""
+def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[str, str]:
+    """(question, answer) of a type about the scene's targets."""
     targets = sorted(o for o in objs if o[3] != "black")  # reading order
     if qtype == "existence":
         shape = _pick(rng, targets)[2] if targets and rng.random() < 0.5 else _pick(rng, SHAPES)
         answer = "yes" if any(o[2] == shape for o in targets) else "no"
-        return f"is there a coloured {names[shape]} in the scene?", answer
+        return f"is there a coloured {shape} in the scene?", answer
     if qtype == "counting":
         return "how many coloured objects are there?", str(len(targets))
     if qtype == "grounding":
@@ -218,7 +200,7 @@ def _question(
         return "locate the coloured objects. answer with bounding boxes.", format_boxes(boxes)
     r, c, shape, colour = targets[0]
     if qtype == "category":
-        return "what category is the coloured object?", names[shape]
+        return "what category is the coloured object?", shape
     if qtype == "colour":
         return "what colour is the coloured object?", colour
     return "where is the coloured object?", position_name(r, c)
@@ -231,7 +213,7 @@ def scenario_maker(scenario: str):
     def make(rng: np.random.Generator, split: str) -> Sample:
         qtype = QTYPES[int(rng.choice(len(QTYPES), p=_QTYPE_P))]
         img, objs = look(rng, int(rng.choice(4, p=_TARGETS[qtype])))
-        question, answer = _question(rng, objs, qtype, CATEGORIES[scenario])
+        question, answer = _question(rng, objs, qtype)
         return Sample(question, [answer], [img], meta={"scenario": scenario, "qtype": qtype})
 
     return make
