@@ -3,9 +3,9 @@
 configs/accelerate; DeepSpeed only where it is installed).
 
 Tolerance: training with 2 processes splits each global batch in two and sums the gradients
-in another order, so the trained weights agree with one process's to float32 rounding (checked
-within 1e-3 absolute at lr 0.01); evaluation shards whole batches, the same batches one process makes,
-so the predictions, scores and metrics are required to be identical.
+in another order, so the trained weights agree with one process's up to rounding (checked
+within 1e-3 absolute at lr 0.01); evaluation shards whole batches, the same batches one
+process makes, so the predictions, scores and metrics are required to be identical.
 """
 
 from __future__ import annotations
