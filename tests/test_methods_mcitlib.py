@@ -25,6 +25,7 @@ def tasks():
         ("disco", "experts", 2),
         ("cl-moe", "task_experts", None),
         ("sefe", "adapters", 2),
+        ("keeplora", "adapters", 2),
     ],
 )
 def test_kill_and_resume_gives_the_same_matrix(
@@ -48,7 +49,7 @@ def test_kill_and_resume_gives_the_same_matrix(
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava", "disco", "cl-moe", "sefe"):
+    for name in ("hide-llava", "disco", "cl-moe", "sefe", "keeplora"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -234,6 +235,50 @@ def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
     assert all(int(mask.sum()) >= int(0.1 * mask.numel()) for mask in m.key_masks.values())
 
 
+# --- keeplora -------------------------------------------------------------------------------
+def test_keeplora_updates_stay_off_the_protected_subspace(tasks):
+    m = _method("keeplora", tasks, weight_energy=0.6)
+    m.setup()
+    bb = m.backbone
+    name, layer = next(iter(m.layers.items()))
+    w = layer.base_layer.weight.detach().float()
+    principal = m.space[name]  # the pre-trained W's principal input directions, orthonormal
+    torch.testing.assert_close(principal @ principal.T, torch.eye(len(principal)))
+    energy = torch.linalg.svdvals(w).square()
+    held = (energy / energy.sum()).cumsum(0)
+    assert len(principal) == max(int((held < 0.6).sum()), 1)  # the reference's cut
+    torch.testing.assert_close(  # they span W's top right singular vectors
+        torch.linalg.matrix_norm(w @ principal.T).square(), energy[: len(principal)].sum()
+    )
+
+    def check_task(step):
+        space = {n: x.clone() for n, x in m.space.items()}
+        before = {n: x(torch.ones(1, 1, x.base_layer.in_features)) for n, x in m.layers.items()}
+        m.before_task(tasks[step], step)
+        # only the new B trains; its A is fixed and orthogonal to everything protected
+        assert {id(p) for p in bb.trainable_parameters().values()} == {
+            id(x.lora_B[step]) for x in m.layers.values()
+        }
+        _perturb({f"{n}.B": x.lora_B[step] for n, x in m.layers.items()}, seed=step)
+        for n, x in m.layers.items():
+            assert (x.lora_A[step] @ space[n].T).abs().max() < 1e-5
+            # inputs in the protected subspace see no change at all from the new update
+            probe = space[n][:3]
+            new = x.lora_B[step] @ x.lora_A[step]
+            assert (probe @ new.T).abs().max() < 1e-5
+            assert not torch.equal(x(torch.ones(1, 1, x.base_layer.in_features)), before[n])
+        m.after_task(tasks[step], step)
+        for n in m.layers:  # the subspace grew by the task's directions, kept orthonormal
+            assert len(m.space[n]) > len(space[n])
+            torch.testing.assert_close(m.space[n][: len(space[n])], space[n])
+            eye = torch.eye(len(m.space[n]))
+            torch.testing.assert_close(m.space[n] @ m.space[n].T, eye, atol=1e-4, rtol=0)
+
+    check_task(0)
+    check_task(1)  # task 1's A also keeps off task 0's gradient directions
+    assert m.report()["adapters"] == 2
+
+
 # --- every new method on hf-native models ---------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
@@ -247,7 +292,13 @@ def hf_models(tmp_path_factory):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(  # each method once, the prototype routers on both kinds of model
     ("method", "arch"),
-    [("hide-llava", "llava"), ("disco", "qwen2vl"), ("cl-moe", "qwen2vl"), ("sefe", "llava")],
+    [
+        ("hide-llava", "llava"),
+        ("disco", "qwen2vl"),
+        ("cl-moe", "qwen2vl"),
+        ("sefe", "llava"),
+        ("keeplora", "qwen2vl"),
+    ],
 )
 def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
     cfg = micro_stream_config(tmp_path / "data", hf_models[arch], method)
