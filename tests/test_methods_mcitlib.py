@@ -26,6 +26,7 @@ def tasks():
         ("cl-moe", "task_experts", None),
         ("sefe", "adapters", 2),
         ("keeplora", "adapters", 2),
+        ("smolora", "experts", 4),
     ],
 )
 def test_kill_and_resume_gives_the_same_matrix(
@@ -49,7 +50,7 @@ def test_kill_and_resume_gives_the_same_matrix(
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava", "disco", "cl-moe", "sefe", "keeplora"):
+    for name in ("hide-llava", "disco", "cl-moe", "sefe", "keeplora", "smolora"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -279,6 +280,52 @@ def test_keeplora_updates_stay_off_the_protected_subspace(tasks):
     assert m.report()["adapters"] == 2
 
 
+# --- smolora --------------------------------------------------------------------------------
+def test_smolora_keeps_its_two_routings_apart(tasks):
+    m = _method("smolora", tasks, experts=4)
+    m.setup()
+    bb, st = m.backbone, m.state
+    m.before_task(tasks[0], 0)
+    trainable = set(bb.trainable_parameters().values())
+    layer = next(iter(m.layers.values()))
+    assert {layer.router_vu.weight, layer.router_if.weight} <= trainable  # first task: learn
+    m.after_task(tasks[0], 0)
+    m.before_task(tasks[1], 1)
+    trainable = set(bb.trainable_parameters().values())
+    assert layer.router_vu.weight not in trainable and layer.lora_B.weight in trainable
+    _perturb({"b": layer.lora_B.weight, "f": layer.fuse_vu.weight}, seed=2)
+
+    # The features come from the frozen base model: the same with the experts changed.
+    batch = m.prepare_batch(bb.collate(tasks[0].test[:2] + tasks[1].test[:1], train=False))
+    image, text = st.image.clone(), st.text.clone()
+    _perturb({"a": layer.lora_A.weight}, seed=3)
+    m.prepare_batch(batch)
+    torch.testing.assert_close((st.image, st.text), (image, text))
+
+    # Each routing reads its own modality only.
+    vu, if_ = layer.routes()
+    st.text = torch.randn_like(text)
+    torch.testing.assert_close(layer.routes()[0], vu)
+    st.text, st.image = text, torch.randn_like(image)
+    torch.testing.assert_close(layer.routes()[1], if_)
+    st.image = image
+    assert (vu.sum(-1) == 1).all() and (if_.sum(-1) == 1).all()  # top-1 each
+
+    # The output: one VU expert and one IF expert per sample, fused per token.
+    x = torch.randn(3, 4, layer.base_layer.in_features)
+    r, half = layer.rank, layer.half
+    a, b = layer.lora_A.weight, layer.lora_B.weight
+    want = []
+    for i in range(3):
+        e_vu, e_if = int(vu[i].argmax()), half + int(if_[i].argmax())
+        y = [x[i] @ a[e * r : (e + 1) * r].T @ b[:, e * r : (e + 1) * r].T for e in (e_vu, e_if)]
+        att = torch.softmax(torch.cat([layer.fuse_vu(y[0]), layer.fuse_if(y[1])], -1), -1)
+        delta = att[:, :1] * y[0] + att[:, 1:] * y[1]
+        want.append(layer.base_layer(x[i]) + layer.scaling * delta)
+    torch.testing.assert_close(layer(x), torch.stack(want))
+    assert len(bb.generate(batch)) == 3
+
+
 # --- every new method on hf-native models ---------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
@@ -298,6 +345,7 @@ def hf_models(tmp_path_factory):
         ("cl-moe", "qwen2vl"),
         ("sefe", "llava"),
         ("keeplora", "qwen2vl"),
+        ("smolora", "llava"),
     ],
 )
 def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
