@@ -8,6 +8,8 @@ import torch
 from mmcl.config import load_config
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.methods import all_methods
+from mmcl.methods.modalprompt import insert_slots
+from mmcl.models.base import Batch
 from mmcl.runner import Run
 from test_methods_baselines import _method, _perturb
 from tiny_hf import micro_stream_config, one_thread, save_tiny_llava, save_tiny_qwen2vl  # noqa: F401
@@ -27,6 +29,7 @@ def tasks():
         ("sefe", "adapters", 2),
         ("keeplora", "adapters", 2),
         ("smolora", "experts", 4),
+        ("modalprompt", "tasks_learnt", 2),
     ],
 )
 def test_kill_and_resume_gives_the_same_matrix(
@@ -50,7 +53,7 @@ def test_kill_and_resume_gives_the_same_matrix(
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava", "disco", "cl-moe", "sefe", "keeplora", "smolora"):
+    for name in ("hide-llava", "disco", "cl-moe", "sefe", "keeplora", "smolora", "modalprompt"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -326,6 +329,69 @@ def test_smolora_keeps_its_two_routings_apart(tasks):
     assert len(bb.generate(batch)) == 3
 
 
+# --- modalprompt ----------------------------------------------------------------------------
+def test_modalprompt_inserts_slots_after_bos_whatever_the_padding():
+    ids = torch.tensor([[9, 9, 1, 5, 6], [1, 5, 6, 7, 9]])  # left padded; right padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, 6, 7, -100]])
+    types = torch.tensor([[0, 0, 0, 2, 0], [0, 2, 0, 0, 0]])  # a per-token extra (Qwen2-VL)
+    batch = Batch([None, None], ids, mask, labels, {"types": types, "image": torch.ones(2, 3)})
+    new, slots = insert_slots(batch, 2, 0, bos=1)
+    assert new.input_ids.tolist() == [[9, 9, 1, 0, 0, 5, 6], [1, 0, 0, 5, 6, 7, 9]]
+    assert new.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0]]
+    assert new.labels.tolist() == [
+        [-100, -100, -100, -100, -100, 5, 6],
+        [-100, -100, -100, -100, 6, 7, -100],
+    ]
+    assert new.media["types"].tolist() == [[0, 0, 0, 0, 0, 2, 0], [0, 0, 0, 2, 0, 0, 0]]
+    assert torch.equal(new.media["image"], batch.media["image"])  # per image: unchanged
+    assert slots.tolist() == [[False] * 3 + [True] * 2 + [False] * 2, [0, 1, 1, 0, 0, 0, 0]]
+    assert insert_slots(batch, 1, 0, bos=None)[0].input_ids.tolist()[1][:2] == [0, 1]
+
+
+def test_modalprompt_picks_the_task_prompts_by_image_and_text_prototypes(tasks):
+    m = _method("modalprompt", tasks, prompt_length=3)
+    assert not m.stores_samples and m.train_records(tasks[0]) == tasks[0].train  # no rehearsal
+    m.setup()
+    bb, bank = m.backbone, m.bank
+    for k in (0, 1):
+        m.before_task(tasks[k], k)
+        trainable = {id(p) for p in bb.trainable_parameters().values()}
+        own = [bank.prompts[k], *bank.transforms[k].parameters()]
+        assert trainable == {id(p) for p in own}
+        batch = m.prepare_batch(bb.collate(tasks[k].train[:2], train=True))
+        assert batch.input_ids.shape[1] == len(bb.collate(tasks[k].train[:2]).input_ids[0]) + 3
+        out = bb.forward(batch)
+        (out.loss + sum(m.loss(batch, out).values())).backward()  # the prompt learns from both
+        assert bank.prompts[k].grad.abs().sum() > 0
+        assert bank.transforms[k][0].weight.grad.abs().sum() > 0  # only through the alignment
+        bank.zero_grad()
+        m.after_task(tasks[k], k)
+
+    probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
+    image, text = bb.modality_features(probe)
+
+    def set_prototypes(p0, p1):  # the transforms' output: their last bias, weights zero
+        with torch.no_grad():
+            for t, p in zip(bank.transforms, (p0, p1), strict=True):
+                t[2].weight.zero_()
+                t[2].bias.copy_(p)
+
+    m.opts.image_weight = 1.0  # by image alone
+    set_prototypes(image[0], image[1])
+    batch = m.prepare_batch(probe)
+    assert bank.fill[1] == [[0], [1]]
+    m.opts.image_weight = 0.0  # by text alone, prototypes swapped
+    set_prototypes(text[1], text[0])
+    batch = m.prepare_batch(probe)
+    assert bank.fill[1] == [[1], [0]]
+    slots = bank.fill[0]
+    filled = bb.input_embeddings()(batch.input_ids)  # the picked task's prompt in the slots
+    torch.testing.assert_close(filled[0][slots[0]], bank.prompts[1].detach())
+    torch.testing.assert_close(filled[1][slots[1]], bank.prompts[0].detach())
+    assert len(bb.generate(batch)) == 2
+
+
 # --- every new method on hf-native models ---------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
@@ -346,6 +412,7 @@ def hf_models(tmp_path_factory):
         ("sefe", "llava"),
         ("keeplora", "qwen2vl"),
         ("smolora", "llava"),
+        ("modalprompt", "qwen2vl"),
     ],
 )
 def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
