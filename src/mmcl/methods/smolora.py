@@ -137,7 +137,8 @@ class SMoLora(Method):
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
         self.state = RouteState()
-        self.usage: list[dict[str, list[int]]] = []  # per step: test samples per VU/IF expert
+        # per step: (layer, test sample) pairs routed to each VU / IF expert
+        self.usage: list[dict[str, list[int]]] = []
 
     def setup(self) -> None:
         spec, e = self.opts.lora, self.opts.experts
@@ -183,17 +184,18 @@ class SMoLora(Method):
             bb.model.train(training)
         return batch
 
+    @torch.no_grad()
     def predict(self, batch: Batch) -> list[str] | None:
-        """Counts which experts the test samples take (in the first layer, for the report)."""
+        """Counts which experts the test samples take, over all layers (for the report)."""
         if self.usage:
-            g_vu, g_if = next(iter(self.layers.values())).routes()
-            for key, g in (("vu", g_vu), ("if", g_if)):
-                for e, n in enumerate(g.detach().sum(0).round().int().tolist()):
-                    self.usage[-1][key][e] += n
+            for layer in self.layers.values():
+                for key, g in zip(("vu", "if"), layer.routes(), strict=True):
+                    for e, n in enumerate(g.sum(0).round().int().tolist()):
+                        self.usage[-1][key][e] += n
         return None
 
     def report(self) -> dict[str, Any]:
-        return {"experts": self.opts.experts, "first_layer_routes_per_step": list(self.usage)}
+        return {"experts": self.opts.experts, "routes_per_step": list(self.usage)}
 
     # --- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
