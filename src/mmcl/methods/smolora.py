@@ -46,7 +46,7 @@ from mmcl.models.base import Batch, LoraSpec
 
 class RouteState:
     """What every layer reads at forward time: the batch's (B, H) image and instruction
-    features, set right before the model runs on it; None while the features are taken."""
+    features, set right before the model runs on it (`prepare_batch`)."""
 
     def __init__(self) -> None:
         self.image: torch.Tensor | None = None
