@@ -98,7 +98,7 @@ def test_written_files_follow_the_umask(tmp_path):
 
 def test_base_seed_is_a_setting_cached_apart():
     from mmcl.config import load_config
-    from mmcl.models.tiny import base_key
+    from mmcl.pretraining.base import base_key
 
     assert load_config(None, {"model.base_seed": 1}).model.base_seed == 1
     assert base_key("micro", 0) != base_key("micro", 1)

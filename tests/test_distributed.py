@@ -4,7 +4,7 @@ configs/accelerate; DeepSpeed only where it is installed).
 
 Tolerance: training with 2 processes splits each global batch in two and sums the gradients
 in another order, so the trained weights agree with one process's to float32 rounding (checked
-within 1e-4 absolute); evaluation shards whole batches, the same batches one process makes,
+within 1e-3 absolute at lr 0.01); evaluation shards whole batches, the same batches one process makes,
 so the predictions, scores and metrics are required to be identical.
 """
 
@@ -170,7 +170,10 @@ def _matches_one(single: SimpleNamespace, out_two: Path) -> None:
         w1 = load_file(out_one / "checkpoints" / step / "model.safetensors")
         w2 = load_file(out_two / "checkpoints" / step / "model.safetensors")
         assert w1.keys() == w2.keys() and w1
-        assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+        # Adam moves a weight by about lr (0.01) whatever its gradient's size, so a sum of
+        # gradients that rounds apart in the two runs moves it apart by more than float32's
+        # epsilon: a tenth of lr bounds it (measured up to 3.6e-4).
+        assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-3
     # only the first process wrote the run's files
     assert _files(out_two) == _files(out_one)
 

@@ -8,17 +8,17 @@ from collections import Counter
 
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.records import validate_file
-from mmcl.data.synth import domain, sample_rng
+from mmcl.data.synth import domain, domain_charts, domain_scenes, sample_rng
 from mmcl.data.synth.ability import GRID
 from mmcl.metrics import SCORERS
 
 # The short answers each domain may give besides yes/no and option letters.
 SHORT = {
-    "remote_sensing": set(domain.LAND_NAMES),
-    "medical": set(domain.BODY_PARTS),
-    "driving": set(domain.LIGHTS),
-    "science": set(domain.CHARTS),
-    "finance": set(domain.MOVES.values()),
+    "remote_sensing": set(domain_scenes.LAND_NAMES),
+    "medical": set(domain_scenes.BODY_PARTS),
+    "driving": set(domain_scenes.LIGHTS),
+    "science": set(domain_charts.CHARTS),
+    "finance": set(domain_charts.MOVES.values()),
 }
 YES_NO = re.compile(r"^(is|are|did|does) ")
 

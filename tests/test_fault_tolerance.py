@@ -17,6 +17,7 @@ import time
 import pytest
 import yaml
 
+import mmcl.checkpoint
 import mmcl.runner
 from mmcl.config import load_config
 from mmcl.errors import MmclError
@@ -66,9 +67,9 @@ def _kill_on_call(monkeypatch, owner, name, n, when=lambda *a, **k: True):
 KILL_POINTS = {
     "mid-epoch of the second task": (Backbone, "forward", 5, None),
     "mid-evaluation after the first task": (mmcl.runner, "evaluate_task", 4, None),
-    "while writing step 0's method tensors": (mmcl.runner, "save_tensors", 4, None),
+    "while writing step 0's method tensors": (mmcl.checkpoint, "save_tensors", 4, None),
     "between step 0's folder and its commit": (
-        mmcl.runner,
+        mmcl.checkpoint,
         "write_json",
         2,
         lambda path, obj: path.name == "latest.json",

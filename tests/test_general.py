@@ -315,7 +315,9 @@ def test_run_reports_general_retention_after_every_step(general_run, micro_overr
     assert plain["accuracy_matrix"] == res["accuracy_matrix"] and "general" not in plain
     text = comparison_markdown("ability", [plain, res])
     kept = "–" if mean is None else f"{100 * mean:.2f}"
-    assert "general retention" in text and text.splitlines()[-1].endswith(f"| {kept} |")
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert table[-1].startswith("| constant answer |")  # the same stream's baseline, last
+    assert "general retention" in text and table[-2].endswith(f"| {kept} |")
 
 
 def test_general_every_and_zero_shot(tmp_path, micro_overrides, general_run):

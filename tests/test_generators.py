@@ -47,3 +47,27 @@ def test_answers_match_task_formats():
                 assert s.answers[0].isdigit()
             if name == "gui":
                 assert s.answers[0].startswith("click ")
+
+
+def test_answers_are_balanced_where_a_constant_answer_would_pay():
+    """Perception counts 1-4 evenly and asks by colour, shape or both; scenario's existence is
+    about half yes, its counts spread evenly over 0-3: a constant answer scores little."""
+    from collections import Counter
+
+    from mmcl.data.synth.scenario import TASKS as SCENARIO
+
+    counts, forms = Counter(), Counter()
+    for i in range(400):
+        s = ability.make_perception(sample_rng(0, "perception", "train", i), "train")
+        counts[s.answers[0]] += 1
+        forms[s.meta["qtype"]] += 1
+    assert set(counts) == {"1", "2", "3", "4"} and max(counts.values()) < 0.32 * 400
+    assert set(forms) == {"by colour", "by shape", "by both"}
+    by_type: dict[str, Counter] = {}
+    for i in range(1500):
+        s = SCENARIO["indoor"].make(sample_rng(0, "indoor", "train", i), "train")
+        by_type.setdefault(s.meta["qtype"], Counter())[s.answers[0]] += 1
+    existence, counting = by_type["existence"], by_type["counting"]
+    assert 0.4 < existence["yes"] / sum(existence.values()) < 0.65
+    assert set(counting) == {"0", "1", "2", "3"}
+    assert max(counting.values()) < 0.33 * sum(counting.values())

@@ -20,7 +20,7 @@ from mmcl.data.synth.media import write_mp4, write_wav
 from mmcl.errors import DataError
 from mmcl.methods import make_method
 from mmcl.metrics import caption_scores, caption_tokens, score_task
-from mmcl.models.media_pretrain import media_backbone
+from mmcl.pretraining.media import media_backbone
 from mmcl.runner import Run
 from mmcl.scoring.micl import vqa as vqa_score
 

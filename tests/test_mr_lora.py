@@ -14,7 +14,7 @@ from mmcl.errors import MmclError
 from mmcl.methods import make_method
 from mmcl.methods.mr_lora import MrLora
 from mmcl.models.base import LoraSpec
-from mmcl.models.tiny import pretrained_backbone
+from mmcl.pretraining.base import pretrained_backbone
 from mmcl.runner import Run
 
 # Small router settings keep the micro runs fast; the mechanism is the same.
@@ -254,7 +254,7 @@ def test_task_names_that_clash_with_the_router_are_refused(micro_stream):
 
 
 def test_prototype_router_state_survives_a_checkpoint(micro_stream, monkeypatch):
-    from mmcl.runner import _flatten, _unflatten
+    from mmcl.checkpoint import join_state, split_state
 
     monkeypatch.setattr(MrLora, "measure_cost", lambda self, records: {})
     specs = [t.spec for t in micro_stream]
@@ -266,9 +266,9 @@ def test_prototype_router_state_survives_a_checkpoint(micro_stream, monkeypatch)
     routes, fallbacks = method.route(records)
     assert fallbacks == 0 and set(routes) <= {"ocr", "gui"}
 
-    tensors, rest = _flatten(method.state_dict())
+    tensors, rest = split_state(method.state_dict())
     again = make_method("mr-lora", {"router": "prototype"}, pretrained_backbone("micro"), specs, 0)
-    again.load_state_dict(_unflatten(tensors, rest))
+    again.load_state_dict(join_state(tensors, rest))
     again.restore_tasks(micro_stream)
     assert again.experts == ["ocr", "gui"] and set(again.backbone.adapters) == {"ocr", "gui"}
     assert again.sample_ids == method.sample_ids and again.samples == method.samples

@@ -25,7 +25,7 @@ from mmcl.metrics import (
     parse_boxes,
     score_task,
 )
-from mmcl.models.tiny import pretrained_backbone
+from mmcl.pretraining.base import pretrained_backbone
 from mmcl.runner import Run
 from mmcl.scoring.micl import vqa as vqa_score
 from mmcl.train import TrainSettings, train

@@ -23,7 +23,7 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from mmcl.config import ExperimentConfig, load_config
-from mmcl.models.tiny import train_tokenizer
+from mmcl.pretraining.base import train_tokenizer
 
 
 @pytest.fixture(scope="module")

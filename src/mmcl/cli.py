@@ -73,30 +73,44 @@ def run(
     end_processes()
 
 
-def compare_methods(
-    methods: list[str], out: Path, config: Path | None, overrides: dict[str, Any], resume: bool
-) -> str:
-    """Run each method on the same stream and seed into out/<method>/; write the comparison."""
+def compare_methods(methods: list[str], out: Path, overrides: dict[str, Any]) -> str:
+    """Run each method on the same stream and seed into out/<method>/, side by side on a local
+    pool of 1-thread workers (finished methods are kept, killed ones continue); write the
+    comparison. The base model and the data are built first, once."""
     from mmcl.config import load_config
+    from mmcl.grid import warm_caches
+    from mmcl.grid.cells import Cell
+    from mmcl.grid.executors import default_workers, run_local
     from mmcl.io import read_json
     from mmcl.report import write_comparison
-    from mmcl.runner import Run
 
-    results = []
-    for name in methods:
-        cfg = load_config(config, {**overrides, "method.name": name})
-        folder = out / name
-        done = folder / "results.json"
-        if resume and done.exists():
-            results.append(read_json(done))
-            continue
-        console.rule(f"[bold]{name}")
-        t0 = time.perf_counter()
-        res = Run(cfg, folder).execute(resume=resume or (folder / "checkpoints").exists())
-        console.print(
-            f"{name}: MFN {res['metrics']['mfn']:.2f}, wall {time.perf_counter() - t0:.0f} s"
+    cells = [
+        Cell(
+            name,
+            0,
+            0,
+            out / name,
+            load_config(None, {**overrides, "method.name": name}).model_dump(mode="json"),
         )
-        results.append(res)
+        for name in methods
+    ]
+    todo = [c for c in cells if not c.finished]
+    if todo:
+        warm_caches(todo)
+        workers = default_workers(1)
+        console.print(
+            f"running {len(todo)} method(s) on {workers} worker(s) of 1 thread; their progress "
+            f"is in {out}/<method>/log.txt"
+        )
+        # The costliest first (routed methods, then joint), so the pool ends together.
+        for cell, outcome in run_local(todo[::-1], threads=1, workers=workers):
+            if not outcome["ok"]:
+                raise MmclError(
+                    f"{cell.method} failed: {outcome['error']} (log: {cell.folder / 'log.txt'})"
+                )
+            m = read_json(cell.folder / "results.json")["metrics"]
+            console.print(f"{cell.method}: MFN {m['mfn']:.2f} ({outcome['seconds']:.0f} s)")
+    results = [read_json(c.folder / "results.json") for c in cells]
     return write_comparison(out, results[0]["benchmark"], results)
 
 
@@ -166,12 +180,9 @@ def demo(
 ) -> None:
     """The main job: compare methods on the default `ability` stream with the tiny model."""
     t0 = time.perf_counter()
+    # With general retention, on the default stream and seed.
     text = compare_methods(
-        DEMO_METHODS,
-        out,
-        None,
-        _overrides("ability", None, 0, None, preset, "builtin"),  # with general retention
-        resume=True,
+        DEMO_METHODS, out, _overrides("ability", None, 0, None, preset, "builtin")
     )
     console.print(text)
     console.print(

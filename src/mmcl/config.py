@@ -9,7 +9,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmcl.errors import MmclError
-from mmcl.train import TrainSettings
+
+
+class TrainSettings(BaseModel, extra="forbid"):
+    """Optimisation settings of one training stage. The defaults suit LoRA on the embedded tiny
+    model (the demo); pretrained 7B-class models want lr ~1e-4 and 1 epoch (see configs/)."""
+
+    epochs: float = Field(3, gt=0, description="passes over the task's training data")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
 
 
 class _Strict(BaseModel):

@@ -18,6 +18,7 @@ from mmcl.data.benchmarks import Task
 from mmcl.errors import MmclError
 from mmcl.io import process_state
 from mmcl.metrics import score_task
+from mmcl.question_types import PREFIX, qtype_scores
 from mmcl.scoring.judge import Judge, judge_predictions
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ def evaluate_task(
     refs = [list(r.references) for r in task.test]
     compared = judge_predictions(task.spec.metric, preds, task.test, judge)
     scores, score, extra = score_task(task.spec.metric, compared, refs, task.test)
+    by_type = qtype_scores(task.spec.metric, compared, task.test)
+    extra = {**extra, **{f"{PREFIX}{k}": v for k, v in by_type.items()}}
     rows = []
     for rec, pred, seen, s in zip(task.test, preds, compared, scores, strict=True):
         row = {

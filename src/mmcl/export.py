@@ -25,6 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from mmcl import checkpoint
 from mmcl.config import ExperimentConfig, parse_config
 from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
@@ -32,6 +33,7 @@ from mmcl.io import read_json, write_json, write_text
 from mmcl.methods import make_method
 from mmcl.methods.base import Method
 from mmcl.models.base import Backbone
+from mmcl.models.lora import base_state
 
 # mmcl's composed prompt (models/composed.py: question, then the media, then "assistant:"),
 # with BOS first and EOS after each answer, as a chat template. A newline right after a block
@@ -51,9 +53,7 @@ CHAT_TEMPLATE = (
 
 def _run_config(run_dir: Path) -> ExperimentConfig:
     """The configuration a run was made with, from its newest readable checkpoint state."""
-    from mmcl.runner import Run
-
-    for folder in Run(ExperimentConfig(), run_dir)._checkpoints():
+    for folder in checkpoint.candidates(run_dir / "checkpoints"):
         try:
             state = read_json(folder / "state.json")
             return parse_config(state["config"], str(folder / "state.json"))
@@ -84,11 +84,7 @@ def trained_run(run_dir: Path) -> tuple[ExperimentConfig, Backbone, Method, dict
 
 def _base_weights(backbone: Backbone) -> dict[str, Any]:
     """The model's own weights under its peft adapters (peft's `base_layer` unwrapped)."""
-    return {
-        k.replace(".base_layer.", "."): v
-        for k, v in backbone.core.state_dict().items()
-        if ".lora_" not in k
-    }
+    return base_state(backbone.state_dict())
 
 
 def export_embedded_base(backbone: Backbone, out: Path) -> None:
@@ -150,9 +146,8 @@ def export_embedded_base(backbone: Backbone, out: Path) -> None:
 
 def export_adapter(backbone: Backbone, name: str, out: Path, base: str) -> None:
     """One adapter as a peft folder (adapter_config.json + adapter_model.safetensors)."""
-    # peft writes an adapter into a subfolder named after it, but "default" at the top level.
-    target = out if name == "default" else out.parent
-    backbone.model.save_pretrained(str(target), selected_adapters=[name])
+    if backbone.export_adapter(name, out.parent) != out:
+        raise MmclError(f"export: adapter {name!r} must go to a folder of its name, not {out}")
     (out.parent / "README.md").unlink(missing_ok=True)  # peft's empty model card
     config_file = out / "adapter_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -231,8 +226,8 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
             "finished": done >= len(method.tasks),
             "base": "base" if cfg.model.backbone == "composed" else base,
             "adapters": adapters,
-            "max_rank": max((backbone.model.peft_config[n].r for n in adapters), default=0),
-            "active_adapters": [] if routing or not adapters else backbone.model.active_adapters,
+            "max_rank": max((backbone.adapter_rank(n) for n in adapters), default=0),
+            "active_adapters": [] if routing or not adapters else backbone.active_adapters,
         }
         write_json(tmp / "export.json", info)
         write_text(tmp / "README.md", readme(info, routing, cfg.model.backbone == "composed"))

@@ -9,10 +9,12 @@ Continual metrics follow DESIGN.md, with A[k][i] the score (0-100) on task i aft
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import mmcl.scoring  # noqa: F401  (the published rules register into the same tables)
 from mmcl.errors import MmclError
+from mmcl.scoring.registry import CORPUS_SCORERS, METRIC_NAMES, RECORD_SCORERS, SCORERS
 
 if TYPE_CHECKING:
     from mmcl.data.records import Record
@@ -78,22 +80,22 @@ def compact_exact_match(prediction: str, references: Sequence[str]) -> float:
     return float(any(pred == squash(r) for r in references if squash(r)))
 
 
-Scorer = Callable[[str, Sequence[str]], float]
-SCORERS: dict[str, Scorer] = {
-    "lenient": lenient_match,
-    "number": number_match,
-    "substring": substring_match,
-    "compact-exact": compact_exact_match,
-}
-# The name a results.json reports for each scorer.
-METRIC_NAMES = {
-    "lenient": "accuracy",
-    "number": "accuracy",
-    "substring": "accuracy",
-    "compact-exact": "exact_match",
-}
-CorpusScorer = Callable[[list[str], list[list[str]]], tuple[list[float], dict[str, float]]]
-CORPUS_SCORERS: dict[str, CorpusScorer] = {}
+SCORERS.update(
+    {
+        "lenient": lenient_match,
+        "number": number_match,
+        "substring": substring_match,
+        "compact-exact": compact_exact_match,
+    }
+)
+METRIC_NAMES.update(
+    {
+        "lenient": "accuracy",
+        "number": "accuracy",
+        "substring": "accuracy",
+        "compact-exact": "exact_match",
+    }
+)
 
 
 def score_task(
@@ -104,8 +106,6 @@ def score_task(
 ) -> tuple[list[float], float, dict[str, float]]:
     """Score every sample; return (per-sample scores, task score 0-100, extra corpus metrics).
     A published rule that reads test-record fields (mmcl.scoring) needs the `records`."""
-    from mmcl.scoring import RECORD_SCORERS
-
     if len(predictions) != len(references):
         raise MmclError(f"{len(predictions)} predictions for {len(references)} samples")
     extra: dict[str, float] = {}
@@ -321,7 +321,3 @@ def continual_metrics(a: Matrix, zero_shot: Sequence[float]) -> dict[str, float]
         "fwt": fwt(a, zero_shot),
         "forgetting": forgetting(a),
     }
-
-
-# The published rules (mmcl.scoring) register into the tables above.
-import mmcl.scoring  # noqa: E402, F401

@@ -1,26 +1,17 @@
 """The continual loop: for each task, train -> evaluate every task -> checkpoint; and resume.
 
-After each step the whole state needed to continue is written atomically under
-`checkpoints/`: the weights that any step trained (safetensors), the method's state
-(safetensors + JSON), and the partial results (JSON). `--resume` continues after the last
-completed step; seeds are derived from (seed, step), so a resumed run ends as an uninterrupted
-one would. latest.json, written last, commits a step; the folder of the step before stays until
-the next commit, and resume falls back to it when the newest one is corrupt or partial.
+After each step the whole state needed to continue is written under `checkpoints/` (the
+format: checkpoint.py). `--resume` continues after the last completed step; seeds are derived
+from (seed, step), so a resumed run ends as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import logging
-import platform
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mmcl import __version__
+from mmcl import checkpoint
+from mmcl.checkpoint import Checkpoint
 from mmcl.config import ExperimentConfig
 from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
@@ -28,34 +19,21 @@ from mmcl.evaluate import TaskResult, evaluate_task
 from mmcl.general import GeneralBenchmark, evaluate_general, general_section, is_due, load_general
 from mmcl.io import (
     derive_seed,
-    load_tensors,
     process_state,
-    read_json,
-    save_tensors,
     seed_everything,
     write_json,
     write_jsonl,
 )
+from mmcl.learn import learn_task
 from mmcl.methods import make_method, method_options
 from mmcl.methods.base import Method
-from mmcl.metrics import METRIC_NAMES, continual_metrics
 from mmcl.models.base import Backbone
-from mmcl.scoring.judge import JUDGED, Judge
+from mmcl.results import assemble_results
+from mmcl.scoring.judge import judge_of
 from mmcl.tracking import RunTracker, resolve_trackers
-from mmcl.train import TrainSettings, train
+from mmcl.train import TrainSettings
 
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Checkpoint:
-    """One step folder, read in full (and so known to be intact) before it is applied."""
-
-    folder: Path
-    state: dict[str, Any]
-    method_tensors: dict[str, torch.Tensor]
-    model_tensors: dict[str, torch.Tensor]
 
 
 def load_tasks(cfg: ExperimentConfig) -> list[Task]:
@@ -75,10 +53,10 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         return load_pretrained_parts(cfg.model)
     if any(t.spec.modality != "image" for t in tasks or []):
         # Audio/video streams get the image base extended with its own encoders (cached apart).
-        from mmcl.models.media_pretrain import media_backbone
+        from mmcl.pretraining.media import media_backbone
 
         return media_backbone(cfg.model.preset, seed=cfg.model.base_seed)
-    from mmcl.models.tiny import pretrained_backbone
+    from mmcl.pretraining.base import pretrained_backbone
 
     return pretrained_backbone(cfg.model.preset, seed=cfg.model.base_seed)
 
@@ -86,36 +64,6 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
 def is_main_process() -> bool:
     """Under torchrun/accelerate every process runs the loop; only the first writes files."""
     return process_state().is_main_process
-
-
-def environment() -> dict[str, Any]:
-    import peft
-    import transformers
-
-    return {
-        "mmcl": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _flatten(state: dict[str, Any], prefix: str = "") -> tuple[dict, dict]:
-    """Split a nested state into (tensors by dotted key, JSON-able rest)."""
-    tensors, rest = {}, {}
-    for k, v in state.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, torch.Tensor):
-            tensors[key] = v
-        elif isinstance(v, dict) and any(isinstance(x, torch.Tensor | dict) for x in v.values()):
-            t, r = _flatten(v, f"{key}.")
-            tensors.update(t)
-            rest[k] = r
-        else:
-            rest[k] = v
-    return tensors, rest
 
 
 def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
@@ -128,16 +76,6 @@ def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
     }
 
 
-def _unflatten(tensors: dict[str, torch.Tensor], rest: dict[str, Any], prefix: str = "") -> dict:
-    out: dict[str, Any] = {}
-    for k, v in rest.items():
-        out[k] = _unflatten(tensors, v, f"{prefix}{k}.") if isinstance(v, dict) else v
-    for key, t in tensors.items():
-        if key.startswith(prefix) and "." not in key[len(prefix) :]:
-            out[key[len(prefix) :]] = t
-    return out
-
-
 class Run:
     """One experiment (benchmark x method x seed) writing into `out`."""
 
@@ -147,81 +85,28 @@ class Run:
 
     # --- checkpoints ------------------------------------------------------------------------
     def _save(self, step: int, state: dict[str, Any], backbone: Backbone, method: Method) -> None:
-        if not is_main_process():
-            return
-        folder = self.ckpt / f"step{step}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        weights = backbone.state_dict()
-        save_tensors(
-            folder / "model.safetensors",
-            {k: weights[k] for k in state["trained_params"] if k in weights},
-        )
-        m_tensors, m_rest = _flatten(method.state_dict())
-        save_tensors(folder / "method.safetensors", m_tensors)
-        write_json(folder / "state.json", {**state, "method_state": m_rest})
-        write_json(self.ckpt / "latest.json", {"step": step})  # the commit point
-        for old in self.ckpt.glob("step*"):  # keep this step and the one before it
-            if old.name not in {f"step{step}", f"step{step - 1}"}:
-                shutil.rmtree(old)
-
-    def _checkpoints(self) -> list[Path]:
-        """Step folders to resume from, best first: the committed one (latest.json), then the
-        older ones, for when it turns out corrupt. A folder newer than latest.json was never
-        committed; without a readable latest.json, every folder is a candidate (state.json is
-        written last, so a folder that has one and loads is complete)."""
-        steps = sorted(
-            (int(f.name[4:]) for f in self.ckpt.glob("step*") if f.name[4:].lstrip("-").isdigit()),
-            reverse=True,
-        )
-        latest = self.ckpt / "latest.json"
-        if latest.exists():
-            try:
-                top = int(read_json(latest)["step"])
-                steps = [s for s in steps if s <= top]
-            except (MmclError, KeyError, TypeError, ValueError) as e:
-                log.warning("%s is unreadable (%s); using the newest complete step", latest, e)
-        return [self.ckpt / f"step{s}" for s in steps]
+        if is_main_process():
+            weights = backbone.state_dict()
+            trained = {k: weights[k] for k in state["trained_params"] if k in weights}
+            checkpoint.save(self.ckpt, step, state, trained, method.state_dict())
 
     def _find_checkpoint(self) -> Checkpoint | None:
-        """Read and check the newest usable checkpoint in full, before anything is applied."""
-        problems = []
-        for folder in self._checkpoints():
-            try:
-                state = read_json(folder / "state.json")
-                if not isinstance(state, dict) or "method_state" not in state:
-                    raise MmclError(f"{folder / 'state.json'}: not a checkpoint state")
-                ckpt = Checkpoint(
-                    folder,
-                    state,
-                    load_tensors(folder / "method.safetensors"),
-                    load_tensors(folder / "model.safetensors"),
-                )
-            except MmclError as e:
-                log.warning("corrupt checkpoint, trying the previous one: %s", e)
-                problems.append(str(e))
-                continue
-            if not _same_results_config(state.get("config"), self.cfg):
-                raise MmclError(
-                    f"{folder}: the checkpoint was made with another configuration; "
-                    "resume with the same config, or use a new --out"
-                )
-            return ckpt
-        if problems and (self.ckpt / "latest.json").exists():
+        """The newest usable checkpoint, read in full before anything is applied; one made
+        with another configuration is an error, not a fresh start."""
+        found = checkpoint.find(self.ckpt)
+        if found is not None and not _same_results_config(found.state.get("config"), self.cfg):
             raise MmclError(
-                f"{self.ckpt}: no usable checkpoint ({'; '.join(problems)}); "
-                "remove the folder to start the run again"
+                f"{found.folder}: the checkpoint was made with another configuration; "
+                "resume with the same config, or use a new --out"
             )
-        return None  # nothing was committed yet: start from the beginning
+        return found
 
     def _restore(self, ckpt: Checkpoint, backbone: Backbone, method: Method) -> dict[str, Any]:
-        state = dict(ckpt.state)
-        method.load_state_dict(_unflatten(ckpt.method_tensors, state.pop("method_state")))
+        method.load_state_dict(ckpt.method_state)
         current = backbone.state_dict()
-        current.update(ckpt.model_tensors)
+        current.update(ckpt.model)
         backbone.load_state_dict(current)
-        return state
+        return dict(ckpt.state)
 
     # --- the loop ---------------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
@@ -275,7 +160,7 @@ class Run:
             state["rows"] = [state["zero_shot"]] * len(tasks)
         elif method.joint and state["next_step"] == 0:
             merged = Task(specs[0], [r for t in tasks for r in t.train], [])
-            self._train_step(backbone, method, merged, 0, settings, state, tracker, tasks)
+            self._train_step(method, merged, 0, settings, state, tracker, joint=True)
             row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
             self._general(backbone, method, general, "step0", state)
             state["rows"] = [row] * len(tasks)
@@ -290,7 +175,7 @@ class Run:
             self._save(0, state, backbone, method)
         else:
             for step in range(state["next_step"], len(tasks)):
-                self._train_step(backbone, method, tasks[step], step, settings, state, tracker)
+                self._train_step(method, tasks[step], step, settings, state, tracker)
                 row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
                 if is_due(step, len(tasks), cfg.eval.general_every):
                     self._general(backbone, method, general, f"step{step}", state)
@@ -301,7 +186,7 @@ class Run:
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
         tracker.finish()
-        results = self._results(tasks, method, state)
+        results = assemble_results(cfg, tasks, method, state)
         if general:
             tags = [
                 "zero_shot" if not method.trains else "step0" if method.joint else f"step{k}"
@@ -318,35 +203,26 @@ class Run:
 
     def _train_step(
         self,
-        backbone: Backbone,
         method: Method,
         task: Task,
         step: int,
         settings: TrainSettings,
         state: dict,
         tracker: RunTracker,
-        all_tasks: list[Task] | None = None,
+        joint: bool = False,
     ) -> None:
-        seed_everything(derive_seed(self.cfg.seed, "step", step))
-        method.before_task(task, step)
-        records = method.train_records(task)
-        label = "all tasks" if all_tasks else task.name
-        stats = train(
-            backbone,
-            records,
-            settings,
-            derive_seed(self.cfg.seed, "train", step),
+        stats = learn_task(
             method,
-            desc=f"{method.name} step {step + 1}: {label}",
-            log=tracker.train_logger("all" if all_tasks else task.name, state),
+            task,
+            step,
+            settings,
+            self.cfg.seed,
+            desc=f"{method.name} step {step + 1}: {'all tasks' if joint else task.name}",
+            log=tracker.train_logger("all" if joint else task.name, state),
         )
-        state["trained_params"] = sorted(
-            set(state["trained_params"]) | set(backbone.trainable_parameters())
-        )
-        t_after = time.perf_counter()
-        method.after_task(task, step)  # consolidation (a Fisher, a router) is training time too
-        state["train_s"] += stats.seconds + (time.perf_counter() - t_after)
-        state["train_samples"] += stats.samples
+        state["trained_params"] = sorted(set(state["trained_params"]) | set(stats.trained))
+        state["train_s"] += stats.seconds
+        state["train_samples"] += stats.train.samples
 
     def _general(
         self,
@@ -374,7 +250,7 @@ class Run:
         row, counts, routing, extras = [], {}, [], {}
         for task in tasks:
             res: TaskResult = evaluate_task(
-                backbone, task, method, self.cfg.eval.batch_size, self._judge()
+                backbone, task, method, self.cfg.eval.batch_size, judge_of(self.cfg.eval)
             )
             if is_main_process():
                 write_jsonl(self.out / "predictions" / tag / f"{task.name}.jsonl", res.rows)
@@ -389,66 +265,3 @@ class Run:
         if extras:  # a scorer's figures beside the task score (e.g. grounding F1), per evaluation
             state.setdefault("task_extra", {})[tag] = extras
         return row, counts, (routing if any(r is not None for r in routing) else None)
-
-    def _judge(self) -> Judge | None:
-        """The math answer judge of eval.judge_url/judge_model, if set (off by default)."""
-        ev = self.cfg.eval
-        return Judge(ev.judge_url, ev.judge_model) if ev.judge_url and ev.judge_model else None
-
-    def _results(self, tasks: list[Task], method: Method, state: dict) -> dict[str, Any]:
-        names = [t.name for t in tasks]
-        matrix, zero = state["rows"], state["zero_shot"]
-        res: dict[str, Any] = {
-            "benchmark": self.cfg.benchmark,
-            "method": method.name,
-            "seed": self.cfg.seed,
-            "tasks": names,
-            "task_metric": {t.name: METRIC_NAMES.get(t.spec.metric, t.spec.metric) for t in tasks},
-            "zero_shot": zero,
-            "accuracy_matrix": matrix,
-            "metrics": {k: round(v, 4) for k, v in continual_metrics(matrix, zero).items()},
-            "counts": state["counts"]
-            or {
-                n: {"scored": len(t.test), "total": len(t.test)}
-                for n, t in zip(names, tasks, strict=True)
-            },
-            "timing": {
-                "train_s": round(state["train_s"], 2),
-                "eval_s": round(state["eval_s"], 2),
-                "train_samples_per_s": round(
-                    state["train_samples"] / max(state["train_s"], 1e-9), 2
-                ),
-            },
-            "environment": environment(),
-        }
-        if self.cfg.model.backbone == "composed":  # which embedded base: check a claim on two
-            res["base_seed"] = self.cfg.model.base_seed
-        judge = self._judge()
-        if judge is not None and any(t.spec.metric in JUDGED for t in tasks):
-            res["judge"] = judge.describe()
-        if method.joint:
-            res["upper_bound"] = True
-            res["note"] = "joint trains once on all tasks; its one evaluation fills every row"
-        if not method.trains:
-            res["note"] = "zero-shot does not train; the base model's evaluation fills every row"
-        routed = [r for r in state["routing"] if r]
-        if routed:
-            res["routing"] = {
-                "accuracy": [round(100 * a, 2) for a in routed[-1]],
-                "per_step": [
-                    [round(100 * a, 2) if a is not None else None for a in r]
-                    for r in state["routing"]
-                ],
-                **method.report().get("routing", {}),
-            }
-        task_extra = state.get("task_extra") or {}
-        if task_extra:  # rows follow accuracy_matrix (one evaluation fills all for joint/zero-shot)
-            tag = "zero_shot" if not method.trains else ("step0" if method.joint else None)
-            res["task_extra"] = {
-                "zero_shot": task_extra.get("zero_shot", {}),
-                "per_step": [task_extra.get(tag or f"step{k}", {}) for k in range(len(matrix))],
-            }
-        extra = {k: v for k, v in method.report().items() if k != "routing"}
-        if extra:
-            res["method_info"] = extra
-        return res

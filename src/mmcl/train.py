@@ -28,32 +28,21 @@ from accelerate.utils import (
     FullyShardedDataParallelPlugin,
     parse_flag_from_env,
 )
-from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
+from mmcl.config import TrainSettings
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
+
+__all__ = ["TrainSettings", "TrainStats", "train"]  # TrainSettings lives in config
 
 if TYPE_CHECKING:
     from mmcl.methods.base import Method
     from mmcl.models.base import Backbone
-
-
-class TrainSettings(BaseModel, extra="forbid"):
-    """Optimisation settings of one training stage. The defaults suit LoRA on the embedded tiny
-    model (the demo); pretrained 7B-class models want lr ~1e-4 and 1 epoch (see configs/)."""
-
-    epochs: float = Field(3, gt=0, description="passes over the task's training data")
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
 
 
 @dataclass
@@ -124,7 +113,7 @@ def train(
     """Train the backbone's trainable parameters on `records`; `log`, if given, gets the
     first process's figures of every batch (loss, answer_loss, the method's terms, lr,
     samples_per_s)."""
-    params = [p for p in backbone.core.parameters() if p.requires_grad]
+    params = list(backbone.trainable_parameters().values())
     if not params:
         raise MmclError(f"{desc}: nothing to train (no parameter requires grad)")
     if not records:
@@ -150,15 +139,13 @@ def train(
     sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
     plain = backbone.model
     sharded = acc.distributed_type == DistributedType.FSDP
-    backbone.model, opt, loader, sched = acc.prepare(
+    wrapped, opt, loader, sched = acc.prepare(
         _shell(plain) if sharded else plain, opt, loader, sched
     )
-    backbone.plain = plain
     clipped = [p for group in opt.param_groups for p in group["params"]]  # FSDP: the shards
-    backbone.model.train()
     torch.manual_seed(seed)  # dropout and any sampling inside the step
     done, seen, loss_ema, t0 = 0, 0, float("nan"), time.perf_counter()
-    try:
+    with backbone.running_as(wrapped):
         with Progress(
             TextColumn(f"[bold]{desc}"),
             BarColumn(),
@@ -172,7 +159,7 @@ def train(
             job = bar.add_task(desc, total=n_batches, loss=float("nan"), sps=0.0)
             while done < n_batches:
                 for batch in loader:
-                    with acc.accumulate(backbone.model):
+                    with acc.accumulate(wrapped):
                         batch = method.prepare_batch(batch) if method is not None else batch
                         out = backbone.forward(batch)
                         loss = out.loss
@@ -219,8 +206,5 @@ def train(
                     if done >= n_batches:
                         break
         if sharded:
-            _gather_trained(backbone.model, plain)
-    finally:
-        backbone.model, backbone.plain = plain, None
-        backbone.model.eval()
+            _gather_trained(wrapped, plain)
     return TrainStats(seen, time.perf_counter() - t0, loss_ema)

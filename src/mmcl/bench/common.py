@@ -50,7 +50,8 @@ def bench_preset(name: str, quick: bool = False) -> BenchPreset:
 # --- helpers ----------------------------------------------------------------------------------
 def random_backbone(model: str) -> Backbone:
     """The preset's architecture with random weights and the locally trained tokenizer."""
-    from mmcl.models.tiny import build_backbone, get_preset, train_tokenizer
+    from mmcl.models.tiny import build_backbone, get_preset
+    from mmcl.pretraining.base import train_tokenizer
 
     preset = get_preset(model)
     return build_backbone(preset, train_tokenizer(preset.vocab_size), seed=0)

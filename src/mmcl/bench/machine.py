@@ -25,6 +25,6 @@ def matmul_gflops(sizes: tuple[int, ...] = (256, 512, 1024), seconds: float = 0.
 
 
 def environment() -> dict[str, Any]:
-    from mmcl.runner import environment as run_env
+    from mmcl.results import environment as run_env
 
     return {**run_env(), "machine": platform.machine(), "cpu_count": os.cpu_count()}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from mmcl.bench.common import BenchPreset, fixed_length, mixed, timed
 from mmcl.bench.throughput import generate_all
 from mmcl.data.benchmarks import Task
+from mmcl.learn import learn_task
 from mmcl.models.base import Backbone, LoraSpec
-from mmcl.train import TrainSettings, train
+from mmcl.train import TrainSettings
 
 
 def routed_inference(backbone: Backbone, tasks: list[Task], p: BenchPreset) -> dict:
@@ -30,9 +31,7 @@ def routed_inference(backbone: Backbone, tasks: list[Task], p: BenchPreset) -> d
         method.setup()
         for step, task in enumerate(tasks):
             small = Task(task.spec, task.train[: p.batch_size], task.test)
-            method.before_task(small, step)
-            train(backbone, method.train_records(small), settings, step, method, desc="expert")
-            method.after_task(small, step)
+            learn_task(method, small, step, settings, 0, desc="expert")
         _, failed = method.route(records[:bs])
         cost = method.measure_cost(records)
         return {

@@ -60,7 +60,7 @@ def run_bench(
 
 
 def bench_markdown(res: dict[str, Any]) -> str:
-    from mmcl.report import _table
+    from mmcl.report import markdown_table
 
     tr, ev, ro, mm = res["train"], res["eval"], res["routing"], res["matmul"]
     env = res["environment"]
@@ -74,7 +74,7 @@ def bench_markdown(res: dict[str, Any]) -> str:
         "",
         "## Training throughput (lora-ft, same model, batch and data)",
         "",
-        _table(
+        markdown_table(
             ["loop", "samples/s"],
             [
                 ["mmcl (train.train)", tr["mmcl_samples_per_s"]],
@@ -96,7 +96,7 @@ def bench_markdown(res: dict[str, Any]) -> str:
         "",
         "## Evaluation throughput (greedy generation)",
         "",
-        _table(
+        markdown_table(
             ["", "samples/s"],
             [
                 ["with KV cache (Backbone.generate)", ev["kv_cache_samples_per_s"]],

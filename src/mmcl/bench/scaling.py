@@ -36,7 +36,8 @@ from mmcl.bench.common import (
 from mmcl.data.benchmarks import Task, TaskSpec
 from mmcl.evaluate import evaluate_task
 from mmcl.io import read_json, write_json
-from mmcl.train import TrainSettings, train
+from mmcl.learn import learn_task
+from mmcl.train import TrainSettings
 
 # Every method that trains task after task (zero-shot trains nothing, joint trains once).
 NOT_SCALED = ("zero-shot", "joint")
@@ -106,24 +107,27 @@ def _worker(method_name: str, p: BenchPreset, threads: int) -> dict:
     points = []
     for step, task in enumerate(tasks[: p.steps]):
         peak_rss_reset()
-        method.before_task(task, step)
-        records = method.train_records(task)
-        if step == 0:  # warm-up: the very first batches pay one-time costs
-            train(backbone, records[: p.batch_size], settings, step, method, desc="warm-up")
-        c_fit, w_fit = _cpu_and_wall(
-            train, backbone, records, settings, step, method, desc=f"{method_name} t{step + 1}"
+        # warm-up: the very first batches pay one-time costs
+        stats = learn_task(
+            method,
+            task,
+            step,
+            settings,
+            0,
+            desc=f"{method_name} t{step + 1}",
+            warmup=p.batch_size if step == 0 else 0,
         )
-        trainable = count(q for q in backbone.core.parameters() if q.requires_grad)
-        c_after, w_after = _cpu_and_wall(method.after_task, task, step)
+        trained = set(stats.trained)
+        trainable = count(q for n, q in backbone.core.named_parameters() if n in trained)
         with fixed_length(backbone, p.new_tokens):
             c_eval, w_eval = _cpu_and_wall(evaluate_task, backbone, probe, method, p.eval_batch)
         points.append(
             {
                 "step": step + 1,
-                "train_s": round(c_fit + c_after, 4),
-                "after_task_s": round(c_after, 4),
+                "train_s": round(stats.train_cpu_s + stats.after_cpu_s, 4),
+                "after_task_s": round(stats.after_cpu_s, 4),
                 "eval_s": round(c_eval, 4),
-                "train_wall_s": round(w_fit + w_after, 4),
+                "train_wall_s": round(stats.seconds, 4),
                 "eval_wall_s": round(w_eval, 4),
                 "trainable_params": trainable,
                 "total_params": count(backbone.core.parameters()),
@@ -176,7 +180,7 @@ def scaling(p: BenchPreset, methods: list[str] | None = None) -> dict[str, Any]:
 
 def scaling_markdown(scaling_res: dict[str, Any], steps: int, records: int) -> list[str]:
     """Lines of bench.md: each method's cost at the second and the last step, and its growth."""
-    from mmcl.report import _table
+    from mmcl.report import markdown_table
 
     rows = []
     for name, r in scaling_res.items():
@@ -210,7 +214,7 @@ def scaling_markdown(scaling_res: dict[str, Any], steps: int, records: int) -> l
         f"peak RSS MB, step 2 / {steps}",
     ]
     return [
-        _table(header, rows),
+        markdown_table(header, rows),
         "",
         f"Each method learns a {steps}-task stream (the ability tasks in turn, "
         f"{records} training samples per task, one epoch) in a fresh "

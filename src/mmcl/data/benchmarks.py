@@ -11,37 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from mmcl.data.records import Record, load_records
+from mmcl.data.micl_layout import MICL_TMLR_ORDER_1, MICL_TMLR_ORDER_2
+from mmcl.data.mllm_cl_layout import MLLM_CL_ACL, MLLM_CL_DCL
+from mmcl.data.real import RealBenchmark, load_stream
+from mmcl.data.records import load_records
 from mmcl.data.synth import SynthTask, generate
 from mmcl.data.synth.micl import ORDER_1 as MICL_ORDER_1
 from mmcl.data.synth.micl import ORDER_2 as MICL_ORDER_2
 from mmcl.data.synth.scenario import ORDER_5, ORDER_20
+from mmcl.data.tasks import Task, TaskSpec
 from mmcl.errors import MmclError
 from mmcl.io import cache_dir, read_json, stable_hash
 
+__all__ = ["Task", "TaskSpec", "get_benchmark", "register_benchmark"]  # Task(Spec): data/tasks.py
+
 # Bump when a generator's output changes, so caches made by older code are not reused.
-GENERATOR_VERSION = 6
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a task is: its name, modality, scorer and a one-line description (for routers)."""
-
-    name: str
-    modality: str
-    metric: str
-    description: str
-
-
-@dataclass
-class Task:
-    spec: TaskSpec
-    train: list[Record]
-    test: list[Record]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+GENERATOR_VERSION = 11
 
 
 @dataclass(frozen=True)
@@ -198,7 +183,7 @@ PRETRAIN = SynthBenchmark(
     train_size=20000,
     test_size=200,
 )
-# Its audio/video counterpart, which extends that base to hear and watch (models/media_pretrain).
+# Its audio/video counterpart, which extends that base to hear and watch (pretraining/media.py).
 PRETRAIN_AV = SynthBenchmark(
     "pretrain-av",
     "general sounds and clips for extending the base model to audio and video",
@@ -237,13 +222,7 @@ def benchmark_info(folder: Path) -> dict:
     return read_json(folder / "benchmark.json")
 
 
-# Real-data layouts build on Task/TaskSpec above, hence imported last.
-from mmcl.data.real import MLLM_CL_ACL, MLLM_CL_DCL, RealBenchmark, load_stream  # noqa: E402
-
 register_benchmark(MLLM_CL_DCL)
 register_benchmark(MLLM_CL_ACL)
-# MICL's published layout (its annotation dicts and media folders) builds on RealBenchmark.
-from mmcl.data.micl_layout import MICL_TMLR_ORDER_1, MICL_TMLR_ORDER_2  # noqa: E402
-
 register_benchmark(MICL_TMLR_ORDER_1)
 register_benchmark(MICL_TMLR_ORDER_2)

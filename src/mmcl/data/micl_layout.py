@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from mmcl.data.benchmarks import TaskSpec
 from mmcl.data.real import RealBenchmark, RealTask
 from mmcl.data.records import PLACEHOLDER, Record
 from mmcl.data.synth.micl import ORDER_1, ORDER_2
+from mmcl.data.tasks import TaskSpec
 from mmcl.errors import MmclError
 
 # What an object .npy of dicts, lists, strings and numbers may name: numpy's array rebuild.

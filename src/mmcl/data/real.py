@@ -1,4 +1,5 @@
-"""Real-data streams: the published MLLM-CL layouts and any LLaVA-format stream from YAML.
+"""Real-data streams: a benchmark read from files (the published layouts: mllm_cl_layout.py,
+micl_layout.py) and any LLaVA-format stream from YAML.
 
 A RealBenchmark knows its tasks (name, modality, scorer, description) and where each task's
 train/test files sit under a data root. The root (and per-task path overrides) are bound with
@@ -30,8 +31,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmcl.data.benchmarks import Task, TaskSpec
 from mmcl.data.records import MODALITIES, Record, load_records
+from mmcl.data.tasks import Task, TaskSpec
 from mmcl.errors import DataError, MmclError
 from mmcl.io import derive_seed
 from mmcl.scoring import missing_fields
@@ -201,92 +202,8 @@ def _check_media_exist(records: list[Record], path: Path) -> None:
         raise DataError(problems)
 
 
-# --- MLLM-CL (Zhao et al., 2025): the published layouts ------------------------------------------
-# Defaults are the paths the published scripts read (REFERENCES.md), then the released archive's.
-def _task(name, metric, description, train, test, modality="image") -> RealTask:
+def real_task(name, metric, description, train, test, modality="image") -> RealTask:
     return RealTask(TaskSpec(name, modality, metric, description), tuple(train), tuple(test))
-
-
-MLLM_CL_DCL = RealBenchmark(
-    "mllm-cl-dcl",
-    "MLLM-CL domain CL (real data under data.root): RS -> Med -> AD -> Sci -> Fin",
-    (
-        _task(
-            "rs",
-            "mllm-cl-ai2d",
-            "remote sensing: satellite and aerial images",
-            ["RemoteSensing/train.json", "RS/train.json"],
-            ["RS/test.json"],
-        ),
-        _task(
-            "med",
-            "mllm-cl-pvqa",
-            "medical: pathology and clinical images",
-            ["Medical/data/train.json", "Med/train.json"],
-            ["Med/test.json"],
-        ),
-        _task(
-            "ad",
-            "mllm-cl-ai2d",
-            "autonomous driving: scenes from a vehicle's six cameras",
-            ["AD/DriveLM/train.json", "AD/train.json"],
-            ["AD/test.json"],
-        ),
-        _task(
-            "sci",
-            "mllm-cl-sci",
-            "science: diagrams, maps and textbook figures",
-            ["Sci/train.json"],
-            ["Sci/test.json"],
-        ),
-        _task(
-            "fin",
-            "mllm-cl-finvis",
-            "finance: stock and market charts",
-            ["Fin/train.json"],
-            ["Fin/test.json"],
-        ),
-    ),
-)
-
-# Ability CL: test sets are other benchmarks than the training data (non-IID). Every task is
-# scored by its published rule (mmcl.scoring.mllm_cl); math by MathVista's comparison after a
-# deterministic answer extractor (or a judge). The published GUI score came from MMT-Bench's
-# server (closed); mmcl scores GUI answers locally with `lenient`.
-MLLM_CL_ACL = RealBenchmark(
-    "mllm-cl-acl",
-    "MLLM-CL ability CL (real data under data.root): OCR -> math -> perception -> GUI agent",
-    (
-        _task(
-            "ocr",
-            "mllm-cl-ocr",
-            "OCR: reading text in images",
-            ["OCR/train.json"],
-            ["OCR_test/test.json"],
-        ),
-        _task(
-            "math",
-            "mllm-cl-math",
-            "math and logic: problems shown in figures",
-            ["math2/train.json", "Math/train.json"],
-            ["math_test/test.json", "Math_test/test.json"],
-        ),
-        _task(
-            "perception",
-            "mllm-cl-sat",
-            "visual perception: counting objects",
-            ["tallyqa150k/ty_cl_sft.json", "VP/train.json"],
-            ["CV-Benchv2/test.json", "VP_test/test.json"],
-        ),
-        _task(
-            "gui",
-            "lenient",
-            "GUI agent: acting on mobile app screens",
-            ["App/train.json", "APP/train.json"],
-            ["APP_test/test.json"],
-        ),
-    ),
-)
 
 
 # --- generic streams from YAML -------------------------------------------------------------------
@@ -345,7 +262,7 @@ def load_stream(path: str | Path) -> RealBenchmark:
     tasks = []
     for n in order:
         t = by_name[n]
-        tasks.append(_task(n, t.scorer, t.description or n, [t.train], [t.test], t.modality))
+        tasks.append(real_task(n, t.scorer, t.description or n, [t.train], [t.test], t.modality))
     root = (path.parent / stream.root) if stream.root else path.parent
     return RealBenchmark(
         stream.name or path.stem,

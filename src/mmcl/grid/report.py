@@ -8,7 +8,8 @@ from typing import Any
 from mmcl.grid.cells import LOG_FILE, Cell
 from mmcl.grid.stats import BOOTSTRAP_SAMPLES, MIN_CELLS_TO_ESTABLISH, aggregate
 from mmcl.io import atomic_path, write_json, write_text
-from mmcl.report import _CSS, METRIC_KEYS, _data_uri, _esc, _table
+from mmcl.report import METRIC_KEYS, markdown_table
+from mmcl.report.html import CSS, data_uri, esc
 
 LABELS = {k: k.upper() for k in METRIC_KEYS} | {"forgetting": "Forget."}
 
@@ -146,7 +147,7 @@ def grid_markdown(
     parts = [f"# Comparison on {benchmark}", "", _intro(agg, benchmark, orders, seeds), ""]
     parts += ["Task orders:", "", *_orders_text(orders), ""]
     for title, header, rows in grid_tables(agg):
-        parts += [f"## {title}", "", _table(header, rows), ""]
+        parts += [f"## {title}", "", markdown_table(header, rows), ""]
     if failed:
         parts += ["## Failed cells (run the command again to retry them)", ""]
         parts += [*_failed_text(failed), ""]
@@ -157,13 +158,13 @@ def grid_html(agg: dict[str, Any], md_intro: str, orders, failed, png: bytes, ti
     """comparison.html: the same tables and the plot, viewable offline."""
 
     def table(header: list[str], rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+        head = "".join(f"<th>{esc(h)}</th>" for h in header)
         body = "".join(
             "<tr>"
             + "".join(
-                f'<td class="note">{_esc(v)}</td>'
+                f'<td class="note">{esc(v)}</td>'
                 if "not established" in v
-                else f"<td>{_esc(v)}</td>"
+                else f"<td>{esc(v)}</td>"
                 for v in r
             )
             + "</tr>"
@@ -171,20 +172,20 @@ def grid_html(agg: dict[str, Any], md_intro: str, orders, failed, png: bytes, ti
         )
         return f"<table><tr>{head}</tr>{body}</table>"
 
-    body = [f"<h1>{_esc(title)}</h1>", f'<p class="note">{_esc(md_intro)}</p>', "<ol>"]
-    body += [f"<li>{_esc(' -> '.join(o))}</li>" for o in orders] + ["</ol>"]
+    body = [f"<h1>{esc(title)}</h1>", f'<p class="note">{esc(md_intro)}</p>', "<ol>"]
+    body += [f"<li>{esc(' -> '.join(o))}</li>" for o in orders] + ["</ol>"]
     for heading, header, rows in grid_tables(agg):
-        body += [f"<h2>{_esc(heading)}</h2>", table(header, rows)]
+        body += [f"<h2>{esc(heading)}</h2>", table(header, rows)]
     body += [
         "<h2>Plot</h2>",
-        f'<img alt="comparison with 95% intervals" src="{_data_uri(png, "image/png")}">',
+        f'<img alt="comparison with 95% intervals" src="{data_uri(png, "image/png")}">',
     ]
     if failed:
         body += ["<h2>Failed cells</h2>", "<ul>"]
-        body += [f"<li>{_esc(line[2:])}</li>" for line in _failed_text(failed)] + ["</ul>"]
+        body += [f"<li>{esc(line[2:])}</li>" for line in _failed_text(failed)] + ["</ul>"]
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}'
-        f"</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}'
+        f"</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmcl.errors import MmclError
-from mmcl.report import METRIC_KEYS, _mean_over_tasks, final_extras
+from mmcl.report import METRIC_KEYS, final_extras, mean_over_tasks
 
 BOOTSTRAP_SAMPLES = 10_000
 # Fewer paired cells establish no difference, whatever their interval: the bootstrap interval of
@@ -92,7 +92,7 @@ def _method_summary(cells: list[dict[str, Any]], tasks: Sequence[str]) -> dict[s
     matrices = np.array([aligned_matrix(r, tasks) for r in cells])
     kinds = [k for k in ("learned", "final", "routing") if all(k in s[tasks[0]] for s in scores)]
     # Scores beside the main one (grounding F1, BLEU-4, ...), after the last step, mean over tasks
-    extras = [_mean_over_tasks(final_extras(r)) for r in cells]
+    extras = [mean_over_tasks(final_extras(r)) for r in cells]
     extra_keys = sorted(set.intersection(*(set(e) for e in extras)))
     # What each cell keeps of the base's general skill after the last step (--general), in %
     retention = [(r.get("general") or {}).get("final_retention") for r in cells]

@@ -61,15 +61,6 @@ def teacher_logits(
     unknown = set(params) - {n for n, _ in backbone.core.named_parameters()}
     if unknown:  # torch.func would silently ignore them and run the live weights
         raise MmclError(f"teacher_logits: the model has no parameters {sorted(unknown)[:3]}")
-    # The teacher runs the plain model, on each process alone: under FSDP, the model that trains
-    # is a sharded copy, which neither holds core's parameters nor runs without the others.
-    running = backbone.model
-    model = backbone.model = backbone.plain if backbone.plain is not None else running
-    was_training = model.training
-    model.eval()  # the teacher is a fixed function: no dropout
-    try:
-        swapped = {f"core.{n}": t for n, t in params.items()}
+    swapped = {f"core.{n}": t for n, t in params.items()}
+    with backbone.teacher():
         return torch.func.functional_call(_Forward(backbone), swapped, (batch,), strict=False)
-    finally:
-        model.train(was_training)
-        backbone.model = running

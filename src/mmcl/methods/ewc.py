@@ -59,10 +59,6 @@ def _sampled_nll(out: Outputs, gen: torch.Generator) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def _key(name: str) -> str:
-    return name.replace(".", "/")  # checkpoint keys are split on dots
-
-
 @register
 class Ewc(LoraFT):
     name = "ewc"
@@ -96,11 +92,8 @@ class Ewc(LoraFT):
         )
         gen = torch.Generator(self.backbone.device).manual_seed(seed)
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        model = self.backbone.model
-        was_training = model.training
-        model.eval()  # the model as it stands after the task, without dropout
         bs, n_batches = self.opts.fisher_batch_size, 0
-        try:
+        with self.backbone.eval_mode():  # the model as it stands after the task, no dropout
             for start in range(0, len(records), bs):
                 batch = self.backbone.collate(records[start : start + bs], train=True)
                 out = self.backbone.forward(batch.to(self.backbone.device))
@@ -110,8 +103,6 @@ class Ewc(LoraFT):
                     if g is not None:
                         fisher[n] += g.detach().pow(2)
                 n_batches += 1
-        finally:
-            model.train(was_training)
         return {n: f / max(n_batches, 1) for n, f in fisher.items()}
 
     def after_task(self, task: Task, step: int) -> None:
@@ -135,8 +126,8 @@ class Ewc(LoraFT):
     # --- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "fisher": {_key(n): t for n, t in self.fisher.items()},
-            "anchor": {_key(n): t for n, t in self.anchor.items()},
+            "fisher": dict(self.fisher),
+            "anchor": dict(self.anchor),
             "penalties": list(self.penalties),
         }
 
@@ -144,7 +135,7 @@ class Ewc(LoraFT):
         self.penalties = list(state.get("penalties") or [])
         params = self.params()
         for part in ("fisher", "anchor"):
-            saved = {k.replace("/", "."): t for k, t in (state.get(part) or {}).items()}
+            saved = dict(state.get(part) or {})
             if saved and set(saved) != set(params):
                 raise MmclError(
                     f"ewc checkpoint: the saved {part} does not match the trainable parameters"

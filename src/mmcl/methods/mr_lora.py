@@ -1,5 +1,5 @@
-"""mr-lora: MR-LoRA (MLLM-CL, Zhao et al., 2025) — parameter isolation plus an MLLM router, as
-a real two-stage model.
+"""mr-lora: MR-LoRA (MLLM-CL, Zhao et al., 2025) — parameter isolation plus an MLLM router, as a
+real two-stage model.
 
 Experts: one LoRA adapter per task, named after the task, trained from the base model on that
 task only (no other adapter active) and frozen once its task is over.
@@ -8,39 +8,32 @@ Router (`router: mllm`, the paper's): another LoRA on the same base model, train
 samples per seen task (their record ids are kept) to answer a prompt that lists each expert's
 letter and its task's one-line description with the letter of the expert that should answer.
 After every task it trains on (warm start) on the new task's samples and a fixed-size seeded
-draw of the earlier ones, with the shared expert list run once per batch: its cost per step
-does not grow with the number of earlier tasks (retrained from scratch on every seen task's
-samples, as before, it grew with the square of it: 19x lora-ft's training time on
-scenario-20). With `router_replay` at least the earlier samples' number (short streams), it
-trains on all of them, as the paper's router does. At test time one batched forward pass of
-the router scores the seen experts' letters as its next answer token (the answer it would
-generate, without a generation loop) and the best-scored expert answers (the evaluator
-batches mixed experts through peft's `adapter_names`). When the router's top token is no
-expert's letter, the best letter is the deterministic fallback, and such samples are counted.
+draw of the earlier ones, with the shared expert list run once per batch: its cost per step does
+not grow with the number of earlier tasks. With `router_replay` at least the earlier samples'
+number (short streams), it trains on all of them, as the paper's router does. At test time one
+batched forward pass of the router scores the seen experts' letters as its next answer token
+(the answer it would generate, without a generation loop) and the best-scored expert answers
+(the evaluator batches mixed experts through peft's `adapter_names`). When the router's top
+token is no expert's letter, the best letter is the deterministic fallback, and such samples are
+counted.
 
-Routing shares work with answering: the media features are encoded once per batch and read
-by the router and then the expert (`Backbone.encode_media`; not with a vision LoRA, whose
-features differ per adapter). The rest cannot be shared, since router and experts put LoRA
-on every LM layer; `router_layers` makes the router's own pass cheaper by reading its answer
-after the LM's first N layers (either router kind).
+Routing shares work with answering: the media features are encoded once per batch and read by
+the router and then the expert (`Backbone.encode_media`; not with a vision LoRA, whose features
+differ per adapter). The rest cannot be shared, since router and experts put LoRA on every LM
+layer; `router_layers` makes the router's own pass cheaper by reading its answer after the LM's
+first N layers (either router kind).
 
-Router (`router: prototype`): training-free — the nearest per-task prototype of the base
-model's prompt-pooled last hidden state. Prototypes are the means over the same few samples per
-task; "nearest" is in the Mahalanobis distance of the within-task covariance pooled over the
-tasks (shrunk towards a scaled identity), since the raw hidden states share large directions
-that make plain cosine or Euclidean nearest-mean routing poor (measured: 30-65% on `domain`
-against 95-100%).
-
-`report()` gives the fallback count, the number of stored samples, and the inference cost of
-routing + expert against single-adapter inference, in samples/s and as wall-clock and CPU-time
-ratios, measured in the same run.
+Router (`router: prototype`): training-free — the nearest per-task prototype of the base model's
+prompt-pooled last hidden state. Prototypes are the means over the same few samples per task;
+"nearest" is in the Mahalanobis distance of the within-task covariance pooled over the tasks
+(shrunk towards a scaled identity): the raw hidden states share large directions that make
+plain cosine or Euclidean nearest-mean routing poor.
 """
 
 from __future__ import annotations
 
 import re
 import string
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -53,6 +46,7 @@ from mmcl.errors import MmclError
 from mmcl.io import derive_seed
 from mmcl.methods import register
 from mmcl.methods.base import Method, MethodOptions
+from mmcl.methods.routing_cost import routing_cost
 from mmcl.models.base import Batch, LoraSpec
 from mmcl.train import TrainSettings, train
 
@@ -163,7 +157,7 @@ class MrLora(Method):
         self.routed.append(0)
         if step == len(self.tasks) - 1:
             self.cost = self.measure_cost([r for n in self.experts for r in self.samples[n]])
-        self._activate()
+        self.activate()
 
     def restore_tasks(self, seen: list[Task]) -> None:
         by_task = {t.name: {r.id: r for r in t.train} for t in seen}
@@ -209,7 +203,7 @@ class MrLora(Method):
             )
         self.backbone.set_trainable({})
 
-    def _activate(self) -> None:
+    def activate(self) -> None:
         """Leave adapters enabled (mixed-adapter generation needs that), nothing trainable."""
         self.backbone.use_adapters(ROUTER if ROUTER in self.backbone.adapters else self.experts[-1])
         self.backbone.set_trainable({})
@@ -259,9 +253,8 @@ class MrLora(Method):
         """The base model's prompt-pooled last hidden states (every adapter bypassed)."""
         if batch is None:
             batch = self.backbone.collate(records, train=False).to(self.backbone.device)
-        self.backbone.model.eval()
         names = ["__base__"] * len(batch) if self.backbone.adapters else None
-        with self.backbone.first_layers(self.opts.router_layers):
+        with self.backbone.eval_mode(), self.backbone.first_layers(self.opts.router_layers):
             out = self.backbone.forward(batch, adapter_names=names, hidden=True)
         return out.hidden.float()
 
@@ -300,65 +293,15 @@ class MrLora(Method):
         routes, failed = self.route(batch.records, batch)
         self.fallbacks[-1] += failed
         self.routed[-1] += len(routes)
-        self._activate()
+        self.activate()
         return routes
 
     def measure_cost(self, records: list[Record]) -> dict[str, float]:
-        """Samples/s of (a) one adapter answering every sample (lora-ft's inference), (b) the
-        router alone, (c) router + routed experts; on the same records and batches; and the
-        time ratio of (c) to (a), in wall-clock and in CPU seconds."""
-        bs = self.opts.cost_batch_size
-        records = sorted(records, key=lambda r: (len(r.prompt), r.id))
-        chunks = [records[k : k + bs] for k in range(0, len(records), bs)]
-
-        def collate(chunk):
-            return self.backbone.collate(chunk, train=False).to(self.backbone.device)
-
-        self.route(chunks[0][:2])  # warm-up of both paths
-        self.backbone.use_adapters(self.experts[-1])
-        self.backbone.generate(collate(chunks[0][:2]))
-        wall = {"single": 0.0, "router": 0.0, "routed": 0.0}
-        cpu = dict(wall)  # this process's CPU seconds: other processes barely disturb them
-
-        def clock() -> tuple[float, float]:
-            return time.perf_counter(), time.process_time()
-
-        # Both paths start from the same prepared batch (media decoded once, as in serving);
-        # the routed path encodes the media once for router and experts. Interleaved and
-        # repeated, so that a change of machine load hits both alike.
-        for _ in range(self.opts.cost_repeats):
-            for chunk in chunks:
-                batch = collate(chunk)
-                self.backbone.use_adapters(self.experts[-1])
-                t0 = clock()
-                self.backbone.generate(batch)
-                t1 = clock()
-                names, _ = self.route(chunk, batch)
-                t2 = clock()
-                self._activate()
-                self.backbone.generate(batch, adapter_names=names)
-                t3 = clock()
-                for k, (a, b) in {
-                    "single": (t0, t1),
-                    "router": (t1, t2),
-                    "routed": (t1, t3),
-                }.items():
-                    wall[k] += b[0] - a[0]
-                    cpu[k] += b[1] - a[1]
-        n = len(records) * self.opts.cost_repeats
-        return {
-            "probe_samples": len(records),
-            "batch_size": bs,
-            "repeats": self.opts.cost_repeats,
-            "single_adapter_samples_per_s": round(n / wall["single"], 2),
-            "router_samples_per_s": round(n / wall["router"], 2),
-            "routed_samples_per_s": round(n / wall["routed"], 2),
-            "routed_vs_single": round(wall["single"] / wall["routed"], 3),
-            "time_ratio": round(wall["routed"] / wall["single"], 3),
-            "cpu_time_ratio": round(cpu["routed"] / cpu["single"], 3),
-        }
+        """Inference cost of routing + experts against one adapter (see `routing_cost`)."""
+        return routing_cost(self, records)
 
     def report(self) -> dict[str, Any]:
+        """Fallbacks, stored samples, and the inference cost of routing (routing_cost.py)."""
         return {
             "routing": {
                 "router": self.opts.router,
@@ -374,10 +317,8 @@ class MrLora(Method):
     def state_dict(self) -> dict[str, Any]:
         # Adapter weights of the router are kept here: the runner saves the weights that the
         # task's own training touched (the experts), and the router trains after that.
-        router = {
-            n.replace(".", "/"): p.detach().clone()
-            for n, p in self.backbone.adapter_parameters(ROUTER).items()
-        }
+        router = self.backbone.adapter_parameters(ROUTER)
+        router = {n: p.detach().clone() for n, p in router.items()}
         return {
             "experts": list(self.experts),
             "sample_ids": {k: list(v) for k, v in self.sample_ids.items()},
@@ -399,15 +340,8 @@ class MrLora(Method):
         self._metric = None
         for name in self.experts:
             self.backbone.add_lora(name, self.opts.lora)
-        router = state.get("router") or {}
-        if router:
+        if state.get("router"):
             self.backbone.add_lora(ROUTER, self.opts.router_lora)
-            params = self.backbone.adapter_parameters(ROUTER)
-            wanted = {k.replace("/", "."): v for k, v in router.items()}
-            if set(wanted) != set(params):
-                raise MmclError("mr-lora checkpoint: the router's weights do not match its LoRA")
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(wanted[n])
+            self.backbone.load_adapter(ROUTER, state["router"])
         if self.experts:
-            self._activate()
+            self.activate()

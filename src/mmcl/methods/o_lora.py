@@ -51,22 +51,14 @@ class OLora(Method):
     def _activate(self) -> None:
         self.backbone.use_adapters(list(self.adapters))
 
-    def _lora_layers(self) -> list[nn.Module]:
-        cur = self.adapters[-1]
-        return [
-            m
-            for m in self.backbone.core.modules()
-            if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and cur in m.lora_A
-        ]
-
     def _stack_groups(self) -> None:
         """Stack, per layer, the earlier LoRAs' A matrices; group layers by their width."""
         *prev, cur = self.adapters
         groups: dict[int, tuple[list[torch.Tensor], list[nn.Parameter]]] = {}
         if prev:
-            for m in self._lora_layers():
-                a = m.lora_A[cur].weight
-                old = torch.cat([m.lora_A[n].weight.detach() for n in prev], dim=0)
+            earlier = [self.backbone.lora_factors(n) for n in prev]
+            for layer, (a, _) in self.backbone.lora_factors(cur).items():
+                old = torch.cat([f[layer][0].detach() for f in earlier], dim=0)
                 olds, curs = groups.setdefault(a.shape[1], ([], []))
                 olds.append(old)
                 curs.append(a)

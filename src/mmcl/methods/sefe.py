@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field
-from torch import nn
 
 from mmcl.data.benchmarks import Task
 from mmcl.data.records import Record
@@ -101,17 +100,9 @@ class Sefe(Method):
         return out
 
     # --- RegLoRA ----------------------------------------------------------------------------
-    def _lora_layers(self, name: str) -> dict[str, nn.Module]:
-        return {
-            n: m
-            for n, m in self.backbone.core.named_modules()
-            if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and name in m.lora_A
-        }
-
-    @staticmethod
-    def delta(layer: nn.Module, name: str) -> torch.Tensor:
-        """The update B A of adapter `name` in a peft LoRA layer."""
-        return layer.lora_B[name].weight @ layer.lora_A[name].weight
+    def deltas(self, name: str) -> dict[str, torch.Tensor]:
+        """Per adapted layer: the update B A of adapter `name`."""
+        return {n: b @ a for n, (a, b) in self.backbone.lora_factors(name).items()}
 
     def before_task(self, task: Task, step: int) -> None:
         name = f"task{step}"
@@ -123,10 +114,8 @@ class Sefe(Method):
     def regularisation(self) -> torch.Tensor:
         """mean over layers of mean |dW| of the current LoRA at the earlier key elements."""
         terms = [
-            self.delta(m, self.adapters[-1])
-            .abs()[self.key_masks[n].to(m.lora_A[self.adapters[-1]].weight.device)]
-            .mean()
-            for n, m in self._lora_layers(self.adapters[-1]).items()
+            d.abs()[self.key_masks[n].to(d.device)].mean()
+            for n, d in self.deltas(self.adapters[-1]).items()
             if n in self.key_masks
         ]
         return torch.stack(terms).mean() if terms else torch.zeros(())
@@ -140,8 +129,8 @@ class Sefe(Method):
     def after_task(self, task: Task, step: int) -> None:
         """Freeze the task's LoRA; its key elements join the earlier ones."""
         self.backbone.set_trainable({})
-        for n, m in self._lora_layers(self.adapters[-1]).items():
-            d = self.delta(m, self.adapters[-1]).abs().float().cpu()
+        for n, d in self.deltas(self.adapters[-1]).items():
+            d = d.abs().float().cpu()
             k = max(1, int(self.opts.key_fraction * d.numel()))
             mask = torch.zeros(d.numel(), dtype=torch.bool)
             mask[d.flatten().topk(k).indices] = True
@@ -160,7 +149,7 @@ class Sefe(Method):
     def state_dict(self) -> dict[str, Any]:
         return {
             "adapters": list(self.adapters),
-            "key_masks": {n.replace(".", "/"): m.clone() for n, m in self.key_masks.items()},
+            "key_masks": {n: m.clone() for n, m in self.key_masks.items()},
             "rewritten": list(self.rewritten),
             "unchanged": list(self.unchanged),
         }
@@ -169,7 +158,7 @@ class Sefe(Method):
         """Re-add every task's LoRA (their weights load afterwards), all frozen and active."""
         self.adapters = list(state.get("adapters") or [])
         masks = state.get("key_masks") or {}
-        self.key_masks = {n.replace("/", "."): m.bool() for n, m in masks.items()}
+        self.key_masks = {n: m.bool() for n, m in masks.items()}
         self.rewritten = list(state.get("rewritten") or [])
         self.unchanged = list(state.get("unchanged") or [])
         for name in self.adapters:

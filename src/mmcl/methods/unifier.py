@@ -167,13 +167,7 @@ class Unifier(Method):
             self.branch_of[self.current] = len(self.vres[0].branches) - 1
         k = self.branch_of[self.current]
         params = dict(self.backbone.adapter_parameters("main"))
-        params.update(
-            {
-                n: p
-                for n, p in self.backbone.core.named_parameters()
-                if ".vre.proj." in n or f".vre.branches.{k}." in n
-            }
-        )
+        params.update(self.backbone.parameters_of(rf"\.vre\.(?:proj|branches\.{k})\."))
         self.backbone.set_trainable(params)
 
     def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
@@ -181,7 +175,7 @@ class Unifier(Method):
             return {}
         terms = []
         # The modules of the model that ran, which under FSDP are copies of self.vres.
-        running = [m for m in self.backbone.model.modules() if isinstance(m, VisionExpansion)]
+        running = [m for m in self.backbone.running_modules() if isinstance(m, VisionExpansion)]
         for i, vre in enumerate(running):
             if vre.cache is None:
                 continue
@@ -217,13 +211,7 @@ class Unifier(Method):
     def state_dict(self) -> dict[str, Any]:
         # Branch and projection weights are saved by the runner (they were trainable); here
         # only the scenario -> branch map and the snapshots (never trainable, so not saved).
-        snaps = {
-            s: {
-                str(i): {n.replace(".", "_"): t for n, t in layer.items()}
-                for i, layer in enumerate(layers)
-            }
-            for s, layers in self.snapshots.items()
-        }
+        snaps = {s: {str(i): x for i, x in enumerate(ls)} for s, ls in self.snapshots.items()}
         return {"branch_of": dict(self.branch_of), "snapshots": snaps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -232,7 +220,7 @@ class Unifier(Method):
             self._add_branch()  # the runner then loads their weights by name
         self.snapshots = {
             s: [
-                {n.replace("_", "."): t.to(self.backbone.device) for n, t in layers[str(i)].items()}
+                {n: t.to(self.backbone.device) for n, t in layers[str(i)].items()}
                 for i in range(len(self.vres))
             ]
             for s, layers in state.get("snapshots", {}).items()

@@ -12,116 +12,24 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, Field
 from torch import nn
 
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
+from mmcl.models.batch import IGNORE, Batch, Outputs, answer_loss, is_per_token
+from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex
 
-IGNORE = -100
-
-
-def is_per_token(t: torch.Tensor, input_ids: torch.Tensor) -> bool:
-    """Whether a processor output has one entry per input token (e.g. Qwen2-VL's token types),
-    rather than per image."""
-    return t.dim() >= 2 and t.shape[:2] == input_ids.shape
+# Re-exported: backbones and methods import these from here.
+__all__ = ["IGNORE", "Backbone", "Batch", "LoraSpec", "Outputs", "is_per_token", "lm_linear_regex"]
 
 
-@dataclass
-class Batch:
-    """Model inputs for a list of records. `labels` is -100 everywhere but answer tokens."""
-
-    records: list[Record]
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None = None
-    media: dict[str, torch.Tensor] = field(default_factory=dict)
-    # The media already encoded and projected (see `Backbone.encode_media`): the model reads
-    # these instead of running its encoders again.
-    encoded: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def with_suffix(self, tokens: list[int]) -> Batch:
-        """The batch with the same text tokens appended to every prompt (a test batch: left
-        padded, so they follow each prompt directly). Per-token extras among the media (e.g.
-        Qwen2-VL's token types) get 0, a text token's value, as the backbones' collate gives."""
-        ids = self.input_ids
-        b, n = len(ids), len(tokens)
-        extra = torch.tensor(tokens, dtype=ids.dtype, device=ids.device).expand(b, -1)
-
-        def grow(t: torch.Tensor) -> torch.Tensor:
-            if not is_per_token(t, ids):
-                return t
-            return torch.cat([t, t.new_zeros((b, n, *t.shape[2:]))], 1)
-
-        return Batch(
-            self.records,
-            torch.cat([ids, extra], 1),
-            torch.cat([self.attention_mask, self.attention_mask.new_ones((b, n))], 1),
-            None,
-            {k: grow(v) for k, v in self.media.items()},
-            self.encoded,
-        )
-
-    def to(self, device: torch.device | str) -> Batch:
-        def move(t):
-            return None if t is None else t.to(device)
-
-        return Batch(
-            self.records,
-            move(self.input_ids),
-            move(self.attention_mask),
-            move(self.labels),
-            {k: v.to(device) for k, v in self.media.items()},
-            {k: v.to(device) for k, v in self.encoded.items()},
-        )
-
-
-@dataclass
-class Outputs:
-    loss: torch.Tensor
-    logits: torch.Tensor  # (B, L, V), position t predicts token t + 1
-    labels: torch.Tensor  # (B, L)
-    hidden: torch.Tensor | None = None  # (B, H): mean of the last hidden layer over the prompt
-
-    @property
-    def answer_mask(self) -> torch.Tensor:
-        """(B, L-1) mask of the positions whose next token is an answer token."""
-        return self.labels[:, 1:] != IGNORE
-
-
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens only."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
-    )
-
-
-class LoraSpec(BaseModel, extra="forbid"):
-    """LoRA settings; `targets` is a regex on module names (full match)."""
-
-    r: int = Field(16, ge=1, description="rank")
-    alpha: int = Field(32, ge=1, description="scale alpha / r; 2r keeps it as the rank changes")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: str | None = Field(None, description="default: all linear layers of the LM")
-    vision: bool = Field(False, description="also adapt the vision encoder")
-
-
-class Backbone(ABC):
-    """Shared behaviour of backbones; `core` is the plain nn.Module, `model` what trains.
-    A backbone implements `collate`, `_forward` and `_generate`; the rest is shared."""
-
-    lm_lora_targets: str  # regex of the language model's linear layers
-    vision_lora_targets: str | None = None
-    # Modules every adapter trains a full copy of (peft's modules_to_save), e.g. projectors.
-    lora_modules_to_save: tuple[str, ...] = ()
+class Backbone(LoraAdapters, ABC):
+    """The one owner of the model and its wrapping: `core` is the plain nn.Module, `model`
+    what forward passes run (core, peft's wrapper of it, or a trainer's wrapper of that while a
+    task trains). Methods go through its named operations (adapters, modes, the teacher view),
+    never through `model`. A backbone implements `collate`, `_forward` and `_generate`."""
 
     def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):
         self.core = core
@@ -235,8 +143,8 @@ class Backbone(ABC):
     def next_token_logits(self, batch: Batch) -> torch.Tensor:
         """(B, V) scores of the token that follows each prompt of a left-padded batch (as
         `collate(..., train=False)` makes it): one forward pass of the active adapter."""
-        self.model.eval()
-        logits, _ = self._forward(batch, False)
+        with self.eval_mode():
+            logits, _ = self._forward(batch, False)
         return logits[:, -1]
 
     @torch.no_grad()
@@ -248,12 +156,8 @@ class Backbone(ABC):
     ) -> list[str]:
         """Greedy answers for a prompt-only batch (KV-cached, one call for the whole batch)."""
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self.eval_mode():
             out = self._generate(batch, max_new_tokens or self.max_new_tokens, **kw)
-        finally:
-            self.model.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def input_embeddings(self) -> nn.Embedding:
@@ -273,9 +177,9 @@ class Backbone(ABC):
         """(media, text), (B, H) each: the last hidden state pooled over the prompt's media
         tokens and over its text tokens (zeros where a prompt has none); the features that
         prototype routers (HiDe-LLaVA, DISCO) compare with each task's prototype."""
-        self.model.eval()
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
-        _, h = self._forward(batch, True, **kw)
+        with self.eval_mode():
+            _, h = self._forward(batch, True, **kw)
         prompt = batch.attention_mask.bool()
         if batch.labels is not None:
             prompt &= batch.labels == IGNORE
@@ -287,47 +191,59 @@ class Backbone(ABC):
 
         return pool(media), pool(prompt & ~media)
 
-    # --- LoRA adapters through peft ---------------------------------------------------------
+    # --- the model and its wrapping -----------------------------------------------------------
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Within: the running model in eval mode (no dropout); after, the mode it had."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+    @contextmanager
+    def running_as(self, wrapped: nn.Module) -> Iterator[None]:
+        """Within: forward passes run `wrapped`, what a trainer made of `model` (a DDP wrapper,
+        an FSDP shell) in train mode; after, the plain model again, in eval mode."""
+        plain = self.model
+        self.model, self.plain = wrapped, plain
+        wrapped.train()
+        try:
+            yield
+        finally:
+            self.model, self.plain = plain, None
+            plain.eval()
+
     @property
-    def adapters(self) -> list[str]:
-        return list(self.model.peft_config) if isinstance(self.model, PeftModel) else []
+    def wrapped(self) -> bool:
+        """Whether forward passes run a trainer's wrapper of the model (see `running_as`)."""
+        return self.plain is not None and self.model is not self.plain
 
-    def add_lora(self, name: str, spec: LoraSpec) -> None:
-        """Add a LoRA adapter named `name` (LM linear layers, optionally the vision encoder)."""
-        targets = spec.targets or self.lm_lora_targets
-        if spec.vision:
-            if not self.vision_lora_targets:
-                raise MmclError(f"{type(self).__name__} has no vision encoder to put LoRA on")
-            targets = f"(?:{targets})|(?:{self.vision_lora_targets})"
-        cfg = LoraConfig(
-            r=spec.r,
-            lora_alpha=spec.alpha,
-            lora_dropout=spec.dropout,
-            target_modules=targets,
-            modules_to_save=list(self.lora_modules_to_save) or None,
-        )
-        if not isinstance(self.model, PeftModel):
-            self.model = get_peft_model(self.core, cfg, adapter_name=name)
-        else:
-            self.model.add_adapter(name, cfg)
-        for p in self.core.parameters():  # adding an adapter must not unfreeze or freeze others
-            p.requires_grad_(False)
+    @contextmanager
+    def teacher(self) -> Iterator[None]:
+        """Within: forward passes run the plain model in eval mode, on each process alone (a
+        fixed teacher: under FSDP the training copy neither holds core's parameters nor runs
+        without the other processes)."""
+        running = self.model
+        self.model = self.plain if self.plain is not None else running
+        try:
+            with self.eval_mode():
+                yield
+        finally:
+            self.model = running
 
-    def use_adapters(self, names: str | list[str] | None) -> None:
-        """Activate adapter(s) for forward/generate; None runs the base model."""
-        if not isinstance(self.model, PeftModel):
-            if names:
-                raise MmclError("no LoRA adapters have been added")
-            return
-        lora = self.model.base_model
-        if not names:
-            lora.disable_adapter_layers()
-            return
-        lora.enable_adapter_layers()
-        lora.set_adapter(names if isinstance(names, list) else [names])
+    def running_modules(self) -> Iterator[nn.Module]:
+        """The modules of the model as forward passes run it: under a trainer's wrapper its
+        copies (FSDP), which hold what the last forward pass recorded."""
+        return self.model.modules()
 
-    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.core.named_parameters() if f".{name}." in n}
+    def parameters_of(self, pattern: str) -> dict[str, nn.Parameter]:
+        """`core`'s parameters whose name matches the regex `pattern` anywhere (those of the
+        modules a method added itself)."""
+        found = re.compile(pattern)
+        return {n: p for n, p in self.core.named_parameters() if found.search(n)}
 
     def set_trainable(self, params: dict[str, nn.Parameter] | None) -> None:
         """Make exactly `params` trainable (None: every parameter, for full fine-tuning)."""
@@ -340,7 +256,7 @@ class Backbone(ABC):
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.core.state_dict().items()}
+        return dict(self.core.state_dict())
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.core.load_state_dict(state, strict=False)
@@ -349,12 +265,3 @@ class Backbone(ABC):
                 f"checkpoint does not match the model: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
-
-
-def lm_linear_regex(prefix: str) -> str:
-    """Regex for all linear layers of a Llama/Qwen-style LM whose decoder layers sit at
-    `{prefix}.layers.N` (attention and MLP projections)."""
-    return (
-        rf"{re.escape(prefix)}\.layers\.\d+\."
-        r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
-    )

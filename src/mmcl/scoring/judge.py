@@ -15,11 +15,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
-from mmcl.scoring import question_text
 from mmcl.scoring.mathvista import prefetch_passes
+from mmcl.scoring.registry import question_text
+
+if TYPE_CHECKING:
+    from mmcl.config import EvalSettings
 
 PROMPT = (
     "Read a model's response to a question and write only the final answer it gives: an "
@@ -71,6 +75,12 @@ class Judge:
         except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
             raise MmclError(f"judge {self.model} at {self.url} failed on {where}: {e}") from e
         return str(answer).strip()
+
+
+def judge_of(settings: EvalSettings) -> Judge | None:
+    """The math answer judge of eval.judge_url/judge_model, if set (off by default)."""
+    url, model = settings.judge_url, settings.judge_model
+    return Judge(url, model) if url and model else None
 
 
 def judge_predictions(

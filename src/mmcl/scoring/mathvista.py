@@ -20,7 +20,7 @@ import re
 
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
-from mmcl.scoring import RecordScorer, register
+from mmcl.scoring.registry import RecordScorer, register
 
 # VLMEvalKit's refusals, which map to the non-option "Z".
 REFUSALS = (

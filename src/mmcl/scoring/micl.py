@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mmcl.metrics import CORPUS_SCORERS, METRIC_NAMES, SCORERS
-from mmcl.scoring import register
+from mmcl.scoring.registry import CORPUS_SCORERS, METRIC_NAMES, SCORERS, register
 
 # The VQA evaluation's tables (VQA API; LAVIS `vqa_eval.py`, which MICL_TMLR uses).
 NUMBER_WORDS = {

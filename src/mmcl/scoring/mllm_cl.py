@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mmcl.data.records import Record
-from mmcl.scoring import RecordScorer, question_text, register
+from mmcl.scoring.registry import RecordScorer, question_text, register
 
 UNANSWERABLE = "Unanswerable"
 # eval_sci.py: images whose file name starts with one of these are scored by exact equality.

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mmcl.errors import MmclError
-from mmcl.metrics import CORPUS_SCORERS, METRIC_NAMES, SCORERS
-from mmcl.scoring import register
+from mmcl.scoring.registry import CORPUS_SCORERS, METRIC_NAMES, SCORERS, register
 
 
 def _yes_no_truth(reference: str, where: str) -> str:

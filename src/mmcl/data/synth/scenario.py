@@ -19,13 +19,10 @@ metrics.format_boxes / parse_boxes.
 
 Why targets and fixed questions: questions that pick an object by its position words ("what
 colour is the object at row two column three?") were not learned by the embedded 5M LM from a
-few hundred samples per task: every method scored 30-32 on the 5-step protocol, and joint
-training about one point more. Asked about the targets, the embedded model reads their colour
-through each look, and how well depends on the look and on the method. It still gives the most
-common answer to the other types: its vision encoder tells shapes apart poorly under most
-looks, and its image tokens carry no position (a linear probe finds a token's cell 8% of the
-time), so existence, counting, category, position and grounding stay near their majority or
-chance level on it.
+few hundred samples per task (every method scored 30-32 on the 5-step protocol). Each question
+type is drawn with a number of targets that keeps its answers balanced (counting: 0-3 evenly;
+existence: a target's shape half the time), so that a constant answer scores little; reports
+show each type's score beside that constant-answer baseline (mmcl.question_types).
 
 A task is one visit of a scenario with all question types; revisits are separate tasks named
 `<scenario>_<n>` (n >= 2) whose samples come from their own random streams (fresh data).
@@ -63,10 +60,13 @@ def _coords() -> tuple[np.ndarray, np.ndarray]:
     return np.mgrid[0 : GRID.size, 0 : GRID.size].astype(np.float32)  # (y, x)
 
 
-def _place(rng: np.random.Generator, cells: list[tuple[int, int]], n: int) -> list[Obj]:
-    """`n` objects in distinct cells: zero to three coloured targets, the rest black clutter."""
-    k = min(n, int(rng.choice(4, p=(0.1, 0.5, 0.3, 0.1))))
-    colours = [_pick(rng, list(OBJECT_COLOURS)) for _ in range(k)] + ["black"] * (n - k)
+def _place(
+    rng: np.random.Generator, cells: list[tuple[int, int]], n: int, targets: int
+) -> list[Obj]:
+    """At least `targets` + 1 objects in distinct cells (at most `n` unless more are needed):
+    `targets` coloured ones, the rest black clutter."""
+    n = max(n, targets + 1)
+    colours = [_pick(rng, list(OBJECT_COLOURS)) for _ in range(targets)] + ["black"] * (n - targets)
     return [
         (r, c, _pick(rng, SHAPES), col)
         for (r, c), col in zip(_pick(rng, cells, n), colours, strict=True)
@@ -74,7 +74,7 @@ def _place(rng: np.random.Generator, cells: list[tuple[int, int]], n: int) -> li
 
 
 # --- the four looks -----------------------------------------------------------------------------
-def _high_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+def _high_altitude(rng: np.random.Generator, targets: int) -> tuple[Image.Image, list[Obj]]:
     base = rng.integers(105, 150)
     arr = np.full((GRID.size, GRID.size, 3), base, dtype=np.float32)
     for r, c in GRID.cells():  # tarmac patches of slightly different tone per cell
@@ -88,7 +88,7 @@ def _high_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
             y = k * GRID.cell - 1
             for x in range(0, GRID.size, 6):
                 d.line((x, y, x + 2, y), fill=(225, 225, 200))
-    objs = _place(rng, GRID.cells(), int(rng.integers(6, 12)))
+    objs = _place(rng, GRID.cells(), int(rng.integers(6, 12)), targets)
     for r, c, shape, colour in objs:
         pad = int(rng.integers(4, 6))  # small: 6-8 px seen from far above
         x0, y0, x1, y1 = GRID.box(r, c, pad=pad)
@@ -97,13 +97,13 @@ def _high_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
     return add_noise(img, rng, 5.0), objs
 
 
-def _underwater(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+def _underwater(rng: np.random.Generator, targets: int) -> tuple[Image.Image, list[Obj]]:
     y, x = _coords()
     top, bottom = np.array([45, 160, 175]), np.array([10, 55, 90])
     t = (y / (GRID.size - 1))[..., None]
     img = _img(top * (1 - t) + bottom * t + rng.normal(0, 4, size=(GRID.size, GRID.size, 1)))
     d = ImageDraw.Draw(img)
-    objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)))
+    objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)), targets)
     for r, c, shape, colour in objs:
         draw_shape(d, shape, GRID.box(r, c, pad=int(rng.integers(2, 4))), COLOURS[colour])
     arr = _arr(img)
@@ -117,7 +117,7 @@ def _underwater(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
     return add_noise(_img(arr), rng, 5.0), objs
 
 
-def _low_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+def _low_altitude(rng: np.random.Generator, targets: int) -> tuple[Image.Image, list[Obj]]:
     y, x = _coords()
     horizon = GRID.cell  # the top row is sky
     sky = np.array([150, 195, 240]) + (y / horizon)[..., None] * np.array([45, 30, 8])
@@ -133,7 +133,7 @@ def _low_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
         fill=(120, 118, 110),
     )
     cells = [(r, c) for r, c in GRID.cells() if r > 0]
-    objs = _place(rng, cells, int(rng.integers(2, 7)))
+    objs = _place(rng, cells, int(rng.integers(2, 7)), targets)
     for r, c, shape, colour in objs:
         pad = {1: 4, 2: 2, 3: int(rng.integers(0, 2))}[r]  # perspective: nearer is larger
         x0, y0, x1, y1 = GRID.box(r, c, pad=pad)
@@ -142,7 +142,7 @@ def _low_altitude(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
     return add_noise(img, rng, 4.0), objs
 
 
-def _indoor(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
+def _indoor(rng: np.random.Generator, targets: int) -> tuple[Image.Image, list[Obj]]:
     y, x = _coords()
     wall = np.array(_pick(rng, [(225, 210, 180), (200, 220, 200), (200, 210, 230)]), np.float32)
     wall_tex = wall + 6 * np.sign(np.sin(x * 1.6))[..., None]  # wallpaper stripes
@@ -154,7 +154,7 @@ def _indoor(rng: np.random.Generator) -> tuple[Image.Image, list[Obj]]:
     tx = int(rng.integers(0, 3)) * GRID.cell  # a table straddling a row boundary
     table = (tx + 4, 3 * GRID.cell - 2, tx + 2 * GRID.cell + 10, 3 * GRID.cell)
     d.rectangle(table, fill=(95, 60, 35))
-    objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)))
+    objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)), targets)
     for r, c, shape, colour in objs:
         draw_shape(d, shape, GRID.box(r, c, pad=int(rng.integers(1, 3))), COLOURS[colour])
     arr = _arr(img)
@@ -174,22 +174,30 @@ SCENARIOS = {
 
 
 # --- questions ----------------------------------------------------------------------------------
-def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[str, str] | None:
-    """(question, answer) of a type about the scene's targets, or None if it cannot be asked."""
+# How many coloured targets a scene of each question type holds: counting spreads its answers
+# evenly; existence asks about a target's shape half the time, so "yes" and "no" are balanced.
+_TARGETS = {
+    "existence": (0.1, 0.5, 0.3, 0.1),
+    "counting": (0.25, 0.25, 0.25, 0.25),
+    "category": (0, 1, 0, 0),
+    "colour": (0, 1, 0, 0),
+    "position": (0, 1, 0, 0),
+    "grounding": (0, 0.5, 0.5, 0),
+}
+
+
+def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[str, str]:
+    """(question, answer) of a type about the scene's targets."""
     targets = sorted(o for o in objs if o[3] != "black")  # reading order
     if qtype == "existence":
-        shape = _pick(rng, SHAPES)
+        shape = _pick(rng, targets)[2] if targets and rng.random() < 0.5 else _pick(rng, SHAPES)
         answer = "yes" if any(o[2] == shape for o in targets) else "no"
         return f"is there a coloured {shape} in the scene?", answer
     if qtype == "counting":
         return "how many coloured objects are there?", str(len(targets))
     if qtype == "grounding":
-        if not 1 <= len(targets) <= 2:
-            return None
         boxes = [(c, r, c + 1, r + 1) for r, c, _, _ in targets]
         return "locate the coloured objects. answer with bounding boxes.", format_boxes(boxes)
-    if len(targets) != 1:
-        return None
     r, c, shape, colour = targets[0]
     if qtype == "category":
         return "what category is the coloured object?", shape
@@ -204,12 +212,9 @@ def scenario_maker(scenario: str):
 
     def make(rng: np.random.Generator, split: str) -> Sample:
         qtype = QTYPES[int(rng.choice(len(QTYPES), p=_QTYPE_P))]
-        while True:  # draw scenes until one can ask this type: keeps the mix of types as set
-            img, objs = look(rng)
-            q = _question(rng, objs, qtype)
-            if q is not None:
-                meta = {"scenario": scenario, "qtype": qtype}
-                return Sample(q[0], [q[1]], [img], meta=meta)
+        img, objs = look(rng, int(rng.choice(4, p=_TARGETS[qtype])))
+        question, answer = _question(rng, objs, qtype)
+        return Sample(question, [answer], [img], meta={"scenario": scenario, "qtype": qtype})
 
     return make
 

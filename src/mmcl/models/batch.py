@@ -1,0 +1,90 @@
+"""What a backbone reads and returns: a Batch of model inputs, its Outputs, and the answer loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mmcl.data.records import Record
+
+IGNORE = -100
+
+
+def is_per_token(t: torch.Tensor, input_ids: torch.Tensor) -> bool:
+    """Whether a processor output has one entry per input token (e.g. Qwen2-VL's token types),
+    rather than per image."""
+    return t.dim() >= 2 and t.shape[:2] == input_ids.shape
+
+
+@dataclass
+class Batch:
+    """Model inputs for a list of records. `labels` is -100 everywhere but answer tokens."""
+
+    records: list[Record]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The media already encoded and projected (see `Backbone.encode_media`): the model reads
+    # these instead of running its encoders again.
+    encoded: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def with_suffix(self, tokens: list[int]) -> Batch:
+        """The batch with the same text tokens appended to every prompt (a test batch: left
+        padded, so they follow each prompt directly). Per-token extras among the media (e.g.
+        Qwen2-VL's token types) get 0, a text token's value, as the backbones' collate gives."""
+        ids = self.input_ids
+        b, n = len(ids), len(tokens)
+        extra = torch.tensor(tokens, dtype=ids.dtype, device=ids.device).expand(b, -1)
+
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            if not is_per_token(t, ids):
+                return t
+            return torch.cat([t, t.new_zeros((b, n, *t.shape[2:]))], 1)
+
+        return Batch(
+            self.records,
+            torch.cat([ids, extra], 1),
+            torch.cat([self.attention_mask, self.attention_mask.new_ones((b, n))], 1),
+            None,
+            {k: grow(v) for k, v in self.media.items()},
+            self.encoded,
+        )
+
+    def to(self, device: torch.device | str) -> Batch:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Batch(
+            self.records,
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.labels),
+            {k: v.to(device) for k, v in self.media.items()},
+            {k: v.to(device) for k, v in self.encoded.items()},
+        )
+
+
+@dataclass
+class Outputs:
+    loss: torch.Tensor
+    logits: torch.Tensor  # (B, L, V), position t predicts token t + 1
+    labels: torch.Tensor  # (B, L)
+    hidden: torch.Tensor | None = None  # (B, H): mean of the last hidden layer over the prompt
+
+    @property
+    def answer_mask(self) -> torch.Tensor:
+        """(B, L-1) mask of the positions whose next token is an answer token."""
+        return self.labels[:, 1:] != IGNORE
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens only."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
+    )

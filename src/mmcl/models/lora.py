@@ -1,0 +1,191 @@
+"""LoRA adapters through peft: the one module that knows peft's layer layout.
+
+`Backbone` owns the adapters and calls these helpers; nothing else reads peft's attributes.
+An adapter's parameters are found by its exact name as a key of peft's per-adapter containers
+(`lora_A[name]`, `modules_to_save[name]`), so that an adapter named like a module of the base
+(`mlp`, `proj`) owns only its own weights.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
+from pydantic import BaseModel, Field
+from torch import nn
+
+from mmcl.errors import MmclError
+
+
+class LoraSpec(BaseModel, extra="forbid"):
+    """LoRA settings; `targets` is a regex on module names (full match)."""
+
+    r: int = Field(16, ge=1, description="rank")
+    alpha: int = Field(32, ge=1, description="scale alpha / r; 2r keeps it as the rank changes")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: str | None = Field(None, description="default: all linear layers of the LM")
+    vision: bool = Field(False, description="also adapt the vision encoder")
+
+
+def lora_config(spec: LoraSpec, targets: str, modules_to_save: tuple[str, ...]) -> LoraConfig:
+    """peft's config of a LoRA on the modules matching `targets` (a full-match regex)."""
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        modules_to_save=list(modules_to_save) or None,
+    )
+
+
+def _containers(module: nn.Module) -> list[nn.Module]:
+    """A peft layer's per-adapter containers (ModuleDict/ParameterDict keyed by adapter)."""
+    if not isinstance(module, BaseTunerLayer | ModulesToSaveWrapper):
+        return []
+    return [getattr(module, a) for a in module.adapter_layer_names if hasattr(module, a)]
+
+
+def adapter_parameter_ids(model: nn.Module, name: str) -> set[int]:
+    """The ids of the parameters that belong to adapter `name` (exactly that key)."""
+    ids = set()
+    for module in model.modules():
+        for container in _containers(module):
+            if name not in container:
+                continue
+            entry = container[name]
+            params = [entry] if isinstance(entry, nn.Parameter) else entry.parameters()
+            ids.update(id(p) for p in params)
+    return ids
+
+
+def is_adapted(model: nn.Module) -> bool:
+    """Whether any peft adapter layer sits in `model` (a LoRA or a trained copy)."""
+    return any(_containers(m) for m in model.modules())
+
+
+def base_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of a peft-wrapped model without its LoRA weights, under the base's own
+    names (peft's `base_layer` level unwrapped)."""
+    return {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
+
+
+def lora_factors(model: nn.Module, name: str) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+    """Per adapted linear layer (by module name in `model`): the (A, B) weights of adapter
+    `name`, whose product B @ A is the layer's update (before scaling)."""
+    return {
+        n: (m.lora_A[name].weight, m.lora_B[name].weight)
+        for n, m in model.named_modules()
+        if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {})
+    }
+
+
+class LoraAdapters:
+    """The LoRA adapters of a `Backbone` (its part that owns them): added to `core` through
+    peft, so that one batch can mix adapters with `adapter_names`."""
+
+    core: nn.Module
+    model: nn.Module
+    plain: nn.Module | None
+    lm_lora_targets: str  # regex of the language model's linear layers
+    vision_lora_targets: str | None = None
+    # Modules every adapter trains a full copy of (peft's modules_to_save), e.g. projectors.
+    lora_modules_to_save: tuple[str, ...] = ()
+
+    @property
+    def _peft_model(self) -> PeftModel | None:
+        """The adapters' owner (also while a trainer's wrapper runs): peft's model, if any."""
+        model = self.plain if self.plain is not None else self.model
+        return model if isinstance(model, PeftModel) else None
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._peft_model.peft_config) if self._peft_model is not None else []
+
+    def add_lora(self, name: str, spec: LoraSpec) -> None:
+        """Add a LoRA adapter named `name` (LM linear layers, optionally the vision encoder)."""
+        if name in self.adapters:
+            raise MmclError(f"an adapter named {name!r} exists already")
+        targets = spec.targets or self.lm_lora_targets
+        if spec.vision:
+            if not self.vision_lora_targets:
+                raise MmclError(f"{type(self).__name__} has no vision encoder to put LoRA on")
+            targets = f"(?:{targets})|(?:{self.vision_lora_targets})"
+        cfg = lora_config(spec, targets, self.lora_modules_to_save)
+        if not isinstance(self.model, PeftModel):
+            self.model = get_peft_model(self.core, cfg, adapter_name=name)
+        else:
+            self.model.add_adapter(name, cfg)
+        for p in self.core.parameters():  # adding an adapter must not unfreeze or freeze others
+            p.requires_grad_(False)
+
+    def _peft(self, name: str) -> PeftModel:
+        if name not in self.adapters:
+            raise MmclError(f"no adapter named {name!r} (adapters: {self.adapters})")
+        return self._peft_model
+
+    def remove_adapter(self, name: str) -> None:
+        """Delete adapter `name` and its weights (the others stay as they are)."""
+        self._peft(name).delete_adapter(name)
+
+    def use_adapters(self, names: str | list[str] | None) -> None:
+        """Activate adapter(s) for forward/generate; None runs the base model."""
+        if self._peft_model is None:
+            if names:
+                raise MmclError("no LoRA adapters have been added")
+            return
+        tuner = self._peft_model.base_model
+        if not names:
+            tuner.disable_adapter_layers()
+            return
+        tuner.enable_adapter_layers()
+        tuner.set_adapter(names if isinstance(names, list) else [names])
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """The adapters set to answer (empty: no adapter added)."""
+        return list(self._peft_model.active_adapters) if self._peft_model is not None else []
+
+    def adapter_rank(self, name: str) -> int:
+        return self._peft(name).peft_config[name].r
+
+    def export_adapter(self, name: str, folder: Path) -> Path:
+        """Write adapter `name` for `PeftModel.from_pretrained` (adapter_config.json and
+        adapter_model.safetensors) under `folder`, in a subfolder of its name (peft's layout;
+        `default`: in `folder`); returns where it went."""
+        self._peft(name).save_pretrained(str(folder), selected_adapters=[name])
+        return folder if name == "default" else folder / name
+
+    def load_adapter(self, name: str, weights: dict[str, torch.Tensor]) -> None:
+        """Set adapter `name`'s weights (by name in `core`: exactly its parameters)."""
+        params = self.adapter_parameters(name)
+        if set(weights) != set(params):
+            raise MmclError(f"the weights given do not match adapter {name!r}'s parameters")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(weights[n])
+
+    def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        """The parameters of adapter `name` by name in `core` (exactly that adapter's: one
+        named like a module of the base, e.g. `mlp`, gets none of the base's weights)."""
+        if name not in self.adapters:
+            return {}
+        ids = adapter_parameter_ids(self.core, name)
+        return {n: p for n, p in self.core.named_parameters() if id(p) in ids}
+
+    def lora_factors(self, name: str) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+        """Per adapted linear layer (by module name in `core`): adapter `name`'s (A, B) weights,
+        whose product B @ A is its update of the layer (before scaling)."""
+        return lora_factors(self.core, name) if name in self.adapters else {}
+
+
+def lm_linear_regex(prefix: str) -> str:
+    """Regex for all linear layers of a Llama/Qwen-style LM whose decoder layers sit at
+    `{prefix}.layers.N` (attention and MLP projections)."""
+    return (
+        rf"{re.escape(prefix)}\.layers\.\d+\."
+        r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
+    )

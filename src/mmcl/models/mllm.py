@@ -1,0 +1,104 @@
+"""The composed MLLM as a module: per-modality encoders and projectors spliced into any HF
+causal LM (LLaVA's design). `ComposedBackbone` (composed.py) runs it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class VisionTower(nn.Module):
+    """A CLIP-style vision transformer returning its patch tokens (no CLS)."""
+
+    def __init__(self, vision_model: nn.Module):
+        super().__init__()
+        self.model = vision_model
+
+    @property
+    def num_tokens(self) -> int:
+        cfg = self.model.config
+        return (cfg.image_size // cfg.patch_size) ** 2
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+
+class Standardize(nn.Module):
+    """Per-feature standardisation with fixed statistics (identity until `fit`).
+
+    Encoder features share a large constant offset across tokens; removing it lets the LM see
+    how tokens differ from the first step instead of having to learn to cancel the offset."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, feats: torch.Tensor) -> None:
+        flat = feats.reshape(-1, feats.shape[-1]).float()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp(min=1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def projector(in_dim: int, out_dim: int) -> nn.Sequential:
+    """LLaVA-1.5's two-layer MLP projector, after a fixed standardisation of the features."""
+    return nn.Sequential(
+        Standardize(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
+    )
+
+
+class ComposedMLLM(nn.Module):
+    def __init__(
+        self,
+        lm: nn.Module,
+        encoders: dict[str, nn.Module],
+        projectors: dict[str, nn.Module],
+        token_ids: dict[str, int],
+    ):
+        super().__init__()
+        self.lm = lm
+        self.encoders = nn.ModuleDict(encoders)
+        self.projectors = nn.ModuleDict(projectors)
+        self.token_ids = token_ids
+
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Media tensors -> projected features, one per placeholder token."""
+        return self.projectors[modality](self.encoders[modality](x))
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        media: dict[str, torch.Tensor],
+        encoded: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with each media placeholder's replaced by the media's features
+        (`encoded` ones as given, the others encoded here)."""
+        emb = self.lm.get_input_embeddings()(input_ids)
+        for m, x in media.items():
+            feats = encoded[m] if encoded and m in encoded else self.encode(m, x)
+            mask = (input_ids == self.token_ids[m]).unsqueeze(-1)
+            emb = emb.masked_scatter(mask, feats.to(emb.dtype))
+        return emb
+
+    def forward(
+        self, input_ids, attention_mask, media=None, output_hidden_states=False, encoded=None
+    ):
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.lm(
+            inputs_embeds=self.embed(input_ids, media or {}, encoded),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            use_cache=False,
+        )
+
+    def generate(self, input_ids, attention_mask, media=None, encoded=None, **kw):
+        return self.lm.generate(
+            inputs_embeds=self.embed(input_ids, media or {}, encoded),
+            attention_mask=attention_mask,
+            **kw,
+        )

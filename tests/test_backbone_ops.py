@@ -1,0 +1,126 @@
+"""The backbone's named operations: adapters by exact name, removal, modes and views."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcl.data.benchmarks import get_benchmark
+from mmcl.errors import MmclError
+from mmcl.methods.base import Method
+from mmcl.models.base import LoraSpec
+from mmcl.pretraining.base import pretrained_backbone
+
+
+class TwoAdapters(Method):
+    """A method whose adapters are named like modules of the base (`mlp`, `proj`)."""
+
+    name = "two-adapters"
+
+    def setup(self) -> None:
+        self.created: dict[str, set[int]] = {}
+        for name in ("mlp", "proj"):
+            before = {id(p) for p in self.backbone.core.parameters()}
+            self.backbone.add_lora(name, LoraSpec(r=2, alpha=4))
+            after = {id(p) for p in self.backbone.core.parameters()}
+            self.created[name] = after - before
+
+
+@pytest.fixture
+def backbone():
+    return pretrained_backbone("micro")
+
+
+def test_adapters_named_like_base_modules_own_exactly_their_weights(backbone):
+    assert any(".mlp." in n for n, _ in backbone.core.named_parameters())  # a trap for substrings
+    method = TwoAdapters(backbone, TwoAdapters.Options(), [], 0)
+    method.setup()
+    for name in ("mlp", "proj"):
+        params = backbone.adapter_parameters(name)
+        assert params and {id(p) for p in params.values()} == method.created[name]
+        assert all(f".{name}." in n and ".lora_" in n for n in params)
+    mlp, proj = backbone.adapter_parameters("mlp"), backbone.adapter_parameters("proj")
+    assert not set(mlp) & set(proj)
+    assert backbone.adapter_parameters("absent") == {}
+
+    # Training one adapter moves its weights and nothing else.
+    backbone.use_adapters("mlp")
+    backbone.set_trainable(mlp)
+    assert set(backbone.trainable_parameters()) == set(mlp)
+    before = {n: p.detach().clone() for n, p in backbone.core.named_parameters()}
+    tasks = get_benchmark("ability").load(0, 8, 2, ["ocr"])
+    out = backbone.forward(backbone.collate(tasks[0].train[:4], train=True))
+    out.loss.backward()
+    with torch.no_grad():
+        for p in mlp.values():
+            p -= 0.1 * p.grad.sign()
+    changed = {n for n, p in backbone.core.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(mlp)
+
+
+def test_lora_factors_and_removal(backbone):
+    backbone.add_lora("first", LoraSpec(r=2, alpha=4))
+    backbone.add_lora("second", LoraSpec(r=3, alpha=6))
+    factors = backbone.lora_factors("second")
+    assert factors
+    params = backbone.adapter_parameters("second")
+    ids = {id(p) for p in params.values()}
+    for a, b in factors.values():
+        assert a.shape[0] == 3 and b.shape[1] == 3 and {id(a), id(b)} <= ids
+    assert backbone.adapter_rank("second") == 3
+    with pytest.raises(MmclError, match="exists already"):
+        backbone.add_lora("first", LoraSpec())
+    backbone.remove_adapter("second")
+    assert backbone.adapters == ["first"]
+    names = {n for n, _ in backbone.core.named_parameters()}
+    assert not names & set(params)
+    with pytest.raises(MmclError, match="no adapter named 'second'"):
+        backbone.remove_adapter("second")
+
+
+def test_modes_are_restored_and_the_teacher_runs_plain(backbone):
+    backbone.add_lora("main", LoraSpec(r=2, alpha=4))
+    model = backbone.model
+    for training in (True, False):
+        model.train(training)
+        with backbone.eval_mode():
+            assert not model.training
+        with backbone.teacher():
+            assert not model.training
+        assert model.training is training
+
+    wrapper = torch.nn.Sequential(model)  # stands for a trainer's wrapper (DDP)
+    with backbone.running_as(wrapper):
+        assert backbone.wrapped and backbone.model is wrapper and wrapper.training
+        assert backbone.adapters == ["main"]  # the adapters are still found under the wrapper
+        assert any(m is wrapper for m in backbone.running_modules())
+        with backbone.teacher():
+            assert backbone.model is model and not model.training
+        assert backbone.model is wrapper and model.training
+    assert backbone.model is model and not backbone.wrapped and not model.training
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_methods_leave_the_mode_as_they_found_it(backbone, training):
+    """ewc's Fisher, the distillation teacher, mr-lora's prototype router and generation run in
+    eval mode and hand the model back in the mode it had."""
+    from mmcl.methods import make_method
+    from mmcl.methods.distill import teacher_logits
+
+    tasks = get_benchmark("ability").load(0, 8, 2, ["ocr", "gui"])
+    specs = [t.spec for t in tasks]
+    ewc = make_method("ewc", {"fisher_samples": 2}, backbone, specs, 0)
+    ewc.setup()
+    router = make_method("mr-lora", {"router": "prototype"}, backbone, specs, 0)
+    snapshot = {n: p.detach().clone() for n, p in backbone.adapter_parameters("main").items()}
+    batch = backbone.collate(tasks[0].train[:2], train=True)
+    runs = {
+        "ewc": lambda: ewc.estimate_fisher(tasks[0]),
+        "teacher": lambda: teacher_logits(backbone, snapshot, batch),
+        "mr-lora": lambda: router._pooled(tasks[0].train[:2]),
+        "generate": lambda: backbone.generate(backbone.collate(tasks[0].test, train=False)),
+    }
+    for name, run in runs.items():
+        backbone.model.train(training)
+        run()
+        assert backbone.model.training is training, name
