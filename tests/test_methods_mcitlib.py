@@ -260,14 +260,14 @@ def test_keeplora_updates_stay_off_the_protected_subspace(tasks):
         m.before_task(tasks[step], step)
         # only the new B trains; its A is fixed and orthogonal to everything protected
         assert {id(p) for p in bb.trainable_parameters().values()} == {
-            id(x.lora_B[step]) for x in m.layers.values()
+            id(x.task_B[step]) for x in m.layers.values()
         }
-        _perturb({f"{n}.B": x.lora_B[step] for n, x in m.layers.items()}, seed=step)
+        _perturb({f"{n}.B": x.task_B[step] for n, x in m.layers.items()}, seed=step)
         for n, x in m.layers.items():
-            assert (x.lora_A[step] @ space[n].T).abs().max() < 1e-5
+            assert (x.task_A[step] @ space[n].T).abs().max() < 1e-5
             # inputs in the protected subspace see no change at all from the new update
             probe = space[n][:3]
-            new = x.lora_B[step] @ x.lora_A[step]
+            new = x.task_B[step] @ x.task_A[step]
             assert (probe @ new.T).abs().max() < 1e-5
             assert not torch.equal(x(torch.ones(1, 1, x.base_layer.in_features)), before[n])
         m.after_task(tasks[step], step)
@@ -294,13 +294,13 @@ def test_smolora_keeps_its_two_routings_apart(tasks):
     m.after_task(tasks[0], 0)
     m.before_task(tasks[1], 1)
     trainable = set(bb.trainable_parameters().values())
-    assert layer.router_vu.weight not in trainable and layer.lora_B.weight in trainable
-    _perturb({"b": layer.lora_B.weight, "f": layer.fuse_vu.weight}, seed=2)
+    assert layer.router_vu.weight not in trainable and layer.expert_B.weight in trainable
+    _perturb({"b": layer.expert_B.weight, "f": layer.fuse_vu.weight}, seed=2)
 
     # The features come from the frozen base model: the same with the experts changed.
     batch = m.prepare_batch(bb.collate(tasks[0].test[:2] + tasks[1].test[:1], train=False))
     image, text = st.image.clone(), st.text.clone()
-    _perturb({"a": layer.lora_A.weight}, seed=3)
+    _perturb({"a": layer.expert_A.weight}, seed=3)
     m.prepare_batch(batch)
     torch.testing.assert_close((st.image, st.text), (image, text))
 
@@ -316,7 +316,7 @@ def test_smolora_keeps_its_two_routings_apart(tasks):
     # The output: one VU expert and one IF expert per sample, fused per token.
     x = torch.randn(3, 4, layer.base_layer.in_features)
     r, half = layer.rank, layer.half
-    a, b = layer.lora_A.weight, layer.lora_B.weight
+    a, b = layer.expert_A.weight, layer.expert_B.weight
     want = []
     for i in range(3):
         e_vu, e_if = int(vu[i].argmax()), half + int(if_[i].argmax())

@@ -50,26 +50,26 @@ class KeepLoraLinear(nn.Module):
         super().__init__()
         self.base_layer = base
         self.r, self.scaling = spec.r, spec.alpha / spec.r
-        self.lora_A = nn.ParameterList()
-        self.lora_B = nn.ParameterList()
+        self.task_A = nn.ParameterList()
+        self.task_B = nn.ParameterList()
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
 
     def add_task(self, a: torch.Tensor) -> None:
         """A new task's LoRA with the given (r, in) A and B = 0."""
         dev = self.base_layer.weight.device
-        self.lora_A.append(nn.Parameter(a.float().to(dev), requires_grad=False))
+        self.task_A.append(nn.Parameter(a.float().to(dev), requires_grad=False))
         zeros = torch.zeros(self.base_layer.out_features, self.r, device=dev)
-        self.lora_B.append(nn.Parameter(zeros))
+        self.task_B.append(nn.Parameter(zeros))
 
     def delta(self) -> torch.Tensor:
         """sum_t B_t A_t (out, in), unscaled."""
-        return torch.cat(list(self.lora_B), 1) @ torch.cat(list(self.lora_A), 0)
+        return torch.cat(list(self.task_B), 1) @ torch.cat(list(self.task_A), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        if not len(self.lora_A):
+        if not len(self.task_A):
             return out
-        a, b = torch.cat(list(self.lora_A), 0), torch.cat(list(self.lora_B), 1)
+        a, b = torch.cat(list(self.task_A), 0), torch.cat(list(self.task_B), 1)
         delta = F.linear(F.linear(self.dropout(x.float()), a), b) * self.scaling
         return out + delta.to(out.dtype)
 
@@ -140,7 +140,8 @@ class KeepLora(Method):
     # --- the task's gradient ----------------------------------------------------------------
     def mean_gradients(self, task: Task) -> dict[str, torch.Tensor]:
         """Per layer, the mean over batches of d loss / d W (out, in) on an evenly spaced
-        `gradient_share` of the task's training samples, at the current model."""
+        `gradient_share` of the task's training samples, at the current model (the reference
+        takes it in train mode, with LoRA dropout; here without dropout)."""
         recs = task.train
         n = max(1, int(len(recs) * self.opts.gradient_share))
         picked = [recs[int(i)] for i in torch.linspace(0, len(recs) - 1, n).long().tolist()]
@@ -150,13 +151,13 @@ class KeepLora(Method):
             raise MmclError("keeplora needs the gradient of every adapted weight: not quantized")
         trainable = bb.trainable_parameters()
         bb.set_trainable(weights)
-        bb.model.train()
         sums = {name: torch.zeros(w.shape) for name, w in weights.items()}
         batches = range(0, len(picked), GRADIENT_BATCH)
         try:
             for s in batches:
                 batch = bb.collate(picked[s : s + GRADIENT_BATCH], train=True).to(bb.device)
-                bb.forward(batch).loss.backward()
+                with bb.eval_mode():  # no dropout: the same gradient in a resumed run
+                    bb.forward(batch).loss.backward()
                 for name, w in weights.items():
                     sums[name] += w.grad.detach().float().cpu()
                     w.grad = None
@@ -178,7 +179,7 @@ class KeepLora(Method):
             self.layers[name].add_task(a - (a @ m.T) @ m)
         self.tasks_done = step + 1
         self.backbone.set_trainable(
-            {f"{n}.lora_B.{step}": layer.lora_B[step] for n, layer in self.layers.items()}
+            {f"{n}.task_B.{step}": layer.task_B[step] for n, layer in self.layers.items()}
         )
 
     def after_task(self, task: Task, step: int) -> None:
@@ -200,10 +201,10 @@ class KeepLora(Method):
         return {
             "tasks_done": self.tasks_done,
             "space": {n.replace(".", "/"): m.clone() for n, m in self.space.items()},
-            "lora_A": {
+            "task_A": {
                 f"{n.replace('.', '/')}/{t}": a.detach().cpu().clone()
                 for n, layer in self.layers.items()
-                for t, a in enumerate(layer.lora_A)
+                for t, a in enumerate(layer.task_A)
             },
         }
 
@@ -211,7 +212,7 @@ class KeepLora(Method):
         """Re-add every finished task's LoRA with its A (its B loads with the model)."""
         self.tasks_done = int(state.get("tasks_done", 0))
         self.space = {n.replace("/", "."): m.float() for n, m in state["space"].items()}
-        a_of = state.get("lora_A") or {}
+        a_of = state.get("task_A") or {}
         for name, layer in self.layers.items():
             for t in range(self.tasks_done):
                 layer.add_task(a_of[f"{name.replace('.', '/')}/{t}"])

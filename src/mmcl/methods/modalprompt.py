@@ -158,13 +158,8 @@ class ModalPrompt(Method):
     def prepare_batch(self, batch: Batch) -> Batch:
         """Take the batch's features (no prompts), then put in each sample's prompts."""
         bb = self.backbone
-        training = bb.model.training
         self.bank.fill = None
-        try:
-            image, text = bb.modality_features(batch)
-        finally:
-            bb.model.train(training)
-        self.features = (image, text)
+        self.features = bb.modality_features(batch)  # the model's mode as it was
         k = self.opts.transfer
         if self.current is not None:  # training: the task's own prompts, nearest the text
             earlier = min(k - 1, self.current)

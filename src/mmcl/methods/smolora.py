@@ -73,9 +73,9 @@ class SMoLoraLinear(nn.Module):
         self.half, self.rank = experts // 2, spec.r // experts
         self.scaling = spec.alpha / spec.r
         kw = {"bias": False, "device": base.weight.device, "dtype": torch.float32}
-        self.lora_A = nn.Linear(base.in_features, spec.r, **kw)  # experts side by side
-        self.lora_B = nn.Linear(spec.r, base.out_features, **kw)
-        nn.init.zeros_(self.lora_B.weight)  # starts as the base layer, as LoRA does
+        self.expert_A = nn.Linear(base.in_features, spec.r, **kw)  # experts side by side
+        self.expert_B = nn.Linear(spec.r, base.out_features, **kw)
+        nn.init.zeros_(self.expert_B.weight)  # starts as the base layer, as LoRA does
         self.router_vu = nn.Linear(features, self.half, **kw)
         self.router_if = nn.Linear(features, self.half, **kw)
         self.fuse_vu = nn.Linear(base.out_features, 1, **kw)
@@ -87,7 +87,7 @@ class SMoLoraLinear(nn.Module):
         st = self.state
         if st.image is None or st.text is None:
             raise MmclError("smolora: the batch's routing features were not set")
-        dev = self.lora_A.weight.device
+        dev = self.expert_A.weight.device
         return top1(self.router_vu(st.image.to(dev))), top1(self.router_if(st.text.to(dev)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +98,9 @@ class SMoLoraLinear(nn.Module):
         if len(g_vu) != len(x):
             raise MmclError("smolora: the routing features do not fit the batch")
         shape = (len(x), *([1] * (x.dim() - 2)), self.half, 1)
-        h = self.lora_A(self.dropout(x.float())).unflatten(-1, (2, self.half, self.rank))
+        h = self.expert_A(self.dropout(x.float())).unflatten(-1, (2, self.half, self.rank))
         cut = self.half * self.rank
-        w = self.lora_B.weight
+        w = self.expert_B.weight
         y_vu = F.linear((h[..., 0, :, :] * g_vu.view(shape)).flatten(-2), w[:, :cut])
         y_if = F.linear((h[..., 1, :, :] * g_if.view(shape)).flatten(-2), w[:, cut:])
         att = F.softmax(torch.cat([self.fuse_vu(y_vu), self.fuse_if(y_if)], -1), -1)
@@ -159,7 +159,7 @@ class SMoLora(Method):
         }
 
     def before_task(self, task: Task, step: int) -> None:
-        parts = ["lora_A", "lora_B", "fuse_vu", "fuse_if"]
+        parts = ["expert_A", "expert_B", "fuse_vu", "fuse_if"]
         if step == 0 or self.opts.train_routers == "always":
             parts += ["router_vu", "router_if"]
         self.backbone.set_trainable(self.parameters_of(*parts))
@@ -175,13 +175,11 @@ class SMoLora(Method):
     def prepare_batch(self, batch: Batch) -> Batch:
         """The batch's image and instruction features, from the frozen base model."""
         bb, st = self.backbone, self.state
-        training = bb.model.training
         st.off = True
         try:
             st.image, st.text = bb.modality_features(batch)
         finally:
             st.off = False
-            bb.model.train(training)
         return batch
 
     @torch.no_grad()
