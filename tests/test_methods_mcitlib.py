@@ -8,6 +8,8 @@ import torch
 from mmcl.config import load_config
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.methods import all_methods
+from mmcl.methods.modalprompt import insert_slots
+from mmcl.models.base import Batch
 from mmcl.runner import Run
 from test_methods_baselines import _method, _perturb
 from tiny_hf import micro_stream_config, one_thread, save_tiny_llava, save_tiny_qwen2vl  # noqa: F401
@@ -25,6 +27,9 @@ def tasks():
         ("disco", "experts", 2),
         ("cl-moe", "task_experts", None),
         ("sefe", "adapters", 2),
+        ("keeplora", "adapters", 2),
+        ("smolora", "experts", 4),
+        ("modalprompt", "tasks_learnt", 2),
     ],
 )
 def test_kill_and_resume_gives_the_same_matrix(
@@ -48,7 +53,7 @@ def test_kill_and_resume_gives_the_same_matrix(
 
 
 def test_listed_with_a_reference():
-    for name in ("hide-llava", "disco", "cl-moe", "sefe"):
+    for name in ("hide-llava", "disco", "cl-moe", "sefe", "keeplora", "smolora", "modalprompt"):
         assert "arXiv" in all_methods()[name].summary
 
 
@@ -233,6 +238,159 @@ def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
     assert all(int(mask.sum()) >= int(0.1 * mask.numel()) for mask in m.key_masks.values())
 
 
+# --- keeplora -------------------------------------------------------------------------------
+def test_keeplora_updates_stay_off_the_protected_subspace(tasks):
+    m = _method("keeplora", tasks, weight_energy=0.6)
+    m.setup()
+    bb = m.backbone
+    name, layer = next(iter(m.layers.items()))
+    w = layer.base_layer.weight.detach().float()
+    principal = m.space[name]  # the pre-trained W's principal input directions, orthonormal
+    torch.testing.assert_close(principal @ principal.T, torch.eye(len(principal)))
+    energy = torch.linalg.svdvals(w).square()
+    held = (energy / energy.sum()).cumsum(0)
+    assert len(principal) == max(int((held < 0.6).sum()), 1)  # the reference's cut
+    torch.testing.assert_close(  # they span W's top right singular vectors
+        torch.linalg.matrix_norm(w @ principal.T).square(), energy[: len(principal)].sum()
+    )
+
+    def check_task(step):
+        space = {n: x.clone() for n, x in m.space.items()}
+        before = {n: x(torch.ones(1, 1, x.base_layer.in_features)) for n, x in m.layers.items()}
+        m.before_task(tasks[step], step)
+        # only the new B trains; its A is fixed and orthogonal to everything protected
+        assert {id(p) for p in bb.trainable_parameters().values()} == {
+            id(x.task_B[step]) for x in m.layers.values()
+        }
+        _perturb({f"{n}.B": x.task_B[step] for n, x in m.layers.items()}, seed=step)
+        for n, x in m.layers.items():
+            assert (x.task_A[step] @ space[n].T).abs().max() < 1e-5
+            # inputs in the protected subspace see no change at all from the new update
+            probe = space[n][:3]
+            new = x.task_B[step] @ x.task_A[step]
+            assert (probe @ new.T).abs().max() < 1e-5
+            assert not torch.equal(x(torch.ones(1, 1, x.base_layer.in_features)), before[n])
+        m.after_task(tasks[step], step)
+        for n in m.layers:  # the subspace grew by the task's directions, kept orthonormal
+            assert len(m.space[n]) > len(space[n])
+            torch.testing.assert_close(m.space[n][: len(space[n])], space[n])
+            eye = torch.eye(len(m.space[n]))
+            torch.testing.assert_close(m.space[n] @ m.space[n].T, eye, atol=1e-4, rtol=0)
+
+    check_task(0)
+    check_task(1)  # task 1's A also keeps off task 0's gradient directions
+    assert m.report()["adapters"] == 2
+
+
+# --- smolora --------------------------------------------------------------------------------
+def test_smolora_keeps_its_two_routings_apart(tasks):
+    m = _method("smolora", tasks, experts=4)
+    m.setup()
+    bb, st = m.backbone, m.state
+    m.before_task(tasks[0], 0)
+    trainable = set(bb.trainable_parameters().values())
+    layer = next(iter(m.layers.values()))
+    assert {layer.router_vu.weight, layer.router_if.weight} <= trainable  # first task: learn
+    m.after_task(tasks[0], 0)
+    m.before_task(tasks[1], 1)
+    trainable = set(bb.trainable_parameters().values())
+    assert layer.router_vu.weight not in trainable and layer.expert_B.weight in trainable
+    _perturb({"b": layer.expert_B.weight, "f": layer.fuse_vu.weight}, seed=2)
+
+    # The features come from the frozen base model: the same with the experts changed.
+    batch = m.prepare_batch(bb.collate(tasks[0].test[:2] + tasks[1].test[:1], train=False))
+    image, text = st.image.clone(), st.text.clone()
+    _perturb({"a": layer.expert_A.weight}, seed=3)
+    m.prepare_batch(batch)
+    torch.testing.assert_close((st.image, st.text), (image, text))
+
+    # Each routing reads its own modality only.
+    vu, if_ = layer.routes()
+    st.text = torch.randn_like(text)
+    torch.testing.assert_close(layer.routes()[0], vu)
+    st.text, st.image = text, torch.randn_like(image)
+    torch.testing.assert_close(layer.routes()[1], if_)
+    st.image = image
+    assert (vu.sum(-1) == 1).all() and (if_.sum(-1) == 1).all()  # top-1 each
+
+    # The output: one VU expert and one IF expert per sample, fused per token.
+    x = torch.randn(3, 4, layer.base_layer.in_features)
+    r, half = layer.rank, layer.half
+    a, b = layer.expert_A.weight, layer.expert_B.weight
+    want = []
+    for i in range(3):
+        e_vu, e_if = int(vu[i].argmax()), half + int(if_[i].argmax())
+        y = [x[i] @ a[e * r : (e + 1) * r].T @ b[:, e * r : (e + 1) * r].T for e in (e_vu, e_if)]
+        att = torch.softmax(torch.cat([layer.fuse_vu(y[0]), layer.fuse_if(y[1])], -1), -1)
+        delta = att[:, :1] * y[0] + att[:, 1:] * y[1]
+        want.append(layer.base_layer(x[i]) + layer.scaling * delta)
+    torch.testing.assert_close(layer(x), torch.stack(want))
+    assert len(bb.generate(batch)) == 3
+
+
+# --- modalprompt ----------------------------------------------------------------------------
+def test_modalprompt_inserts_slots_after_bos_whatever_the_padding():
+    ids = torch.tensor([[9, 9, 1, 5, 6], [1, 5, 6, 7, 9]])  # left padded; right padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    labels = torch.tensor([[-100, -100, -100, 5, 6], [-100, -100, 6, 7, -100]])
+    types = torch.tensor([[0, 0, 0, 2, 0], [0, 2, 0, 0, 0]])  # a per-token extra (Qwen2-VL)
+    batch = Batch([None, None], ids, mask, labels, {"types": types, "image": torch.ones(2, 3)})
+    new, slots = insert_slots(batch, 2, 0, bos=1)
+    assert new.input_ids.tolist() == [[9, 9, 1, 0, 0, 5, 6], [1, 0, 0, 5, 6, 7, 9]]
+    assert new.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0]]
+    assert new.labels.tolist() == [
+        [-100, -100, -100, -100, -100, 5, 6],
+        [-100, -100, -100, -100, 6, 7, -100],
+    ]
+    assert new.media["types"].tolist() == [[0, 0, 0, 0, 0, 2, 0], [0, 0, 0, 2, 0, 0, 0]]
+    assert torch.equal(new.media["image"], batch.media["image"])  # per image: unchanged
+    assert slots.tolist() == [[False] * 3 + [True] * 2 + [False] * 2, [0, 1, 1, 0, 0, 0, 0]]
+    assert insert_slots(batch, 1, 0, bos=None)[0].input_ids.tolist()[1][:2] == [0, 1]
+
+
+def test_modalprompt_picks_the_task_prompts_by_image_and_text_prototypes(tasks):
+    m = _method("modalprompt", tasks, prompt_length=3)
+    assert not m.stores_samples and m.train_records(tasks[0]) == tasks[0].train  # no rehearsal
+    m.setup()
+    bb, bank = m.backbone, m.bank
+    for k in (0, 1):
+        m.before_task(tasks[k], k)
+        trainable = {id(p) for p in bb.trainable_parameters().values()}
+        own = [bank.prompts[k], *bank.transforms[k].parameters()]
+        assert trainable == {id(p) for p in own}
+        batch = m.prepare_batch(bb.collate(tasks[k].train[:2], train=True))
+        assert batch.input_ids.shape[1] == len(bb.collate(tasks[k].train[:2]).input_ids[0]) + 3
+        out = bb.forward(batch)
+        (out.loss + sum(m.loss(batch, out).values())).backward()  # the prompt learns from both
+        assert bank.prompts[k].grad.abs().sum() > 0
+        assert bank.transforms[k][0].weight.grad.abs().sum() > 0  # only through the alignment
+        bank.zero_grad()
+        m.after_task(tasks[k], k)
+
+    probe = bb.collate([tasks[0].test[0], tasks[1].test[0]], train=False)
+    image, text = bb.modality_features(probe)
+
+    def set_prototypes(p0, p1):  # the transforms' output: their last bias, weights zero
+        with torch.no_grad():
+            for t, p in zip(bank.transforms, (p0, p1), strict=True):
+                t[2].weight.zero_()
+                t[2].bias.copy_(p)
+
+    m.opts.image_weight = 1.0  # by image alone
+    set_prototypes(image[0], image[1])
+    batch = m.prepare_batch(probe)
+    assert bank.fill[1] == [[0], [1]]
+    m.opts.image_weight = 0.0  # by text alone, prototypes swapped
+    set_prototypes(text[1], text[0])
+    batch = m.prepare_batch(probe)
+    assert bank.fill[1] == [[1], [0]]
+    slots = bank.fill[0]
+    filled = bb.input_embeddings()(batch.input_ids)  # the picked task's prompt in the slots
+    torch.testing.assert_close(filled[0][slots[0]], bank.prompts[1].detach())
+    torch.testing.assert_close(filled[1][slots[1]], bank.prompts[0].detach())
+    assert len(bb.generate(batch)) == 2
+
+
 # --- every new method on hf-native models ---------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
@@ -246,7 +404,15 @@ def hf_models(tmp_path_factory):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(  # each method once, the prototype routers on both kinds of model
     ("method", "arch"),
-    [("hide-llava", "llava"), ("disco", "qwen2vl"), ("cl-moe", "qwen2vl"), ("sefe", "llava")],
+    [
+        ("hide-llava", "llava"),
+        ("disco", "qwen2vl"),
+        ("cl-moe", "qwen2vl"),
+        ("sefe", "llava"),
+        ("keeplora", "qwen2vl"),
+        ("smolora", "llava"),
+        ("modalprompt", "qwen2vl"),
+    ],
 )
 def test_runs_on_hf_native_models(tmp_path, hf_models, arch, method):
     cfg = micro_stream_config(tmp_path / "data", hf_models[arch], method)

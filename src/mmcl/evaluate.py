@@ -59,6 +59,7 @@ def evaluate_task(
     for j in range(rank, world * math.ceil(len(batches) / world), world):
         chunk = batches[min(j, len(batches) - 1)]
         batch = backbone.collate(chunk, train=False).to(backbone.device)
+        batch = method.prepare_batch(batch) if method is not None else batch
         names = method.predict(batch) if method is not None else None
         answers = backbone.generate(batch, adapter_names=names)
         if j < len(batches):

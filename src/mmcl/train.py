@@ -160,6 +160,7 @@ def train(
             while done < n_batches:
                 for batch in loader:
                     with acc.accumulate(wrapped):
+                        batch = method.prepare_batch(batch) if method is not None else batch
                         out = backbone.forward(batch)
                         loss = out.loss
                         if acc.num_processes > 1:

@@ -55,6 +55,12 @@ class Method:
         """The records to train on for this step (replay mixes its buffer in)."""
         return task.train
 
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """Right before the model runs on a batch, in training and at evaluation: a method may
+        set per-sample state of its layers from the batch (routing: smolora) or return the
+        batch changed (prompt tokens inserted: modalprompt). Default: the batch as it is."""
+        return batch
+
     def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
         """Extra loss terms, by name, added to the answer-token loss."""
         return {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -28,10 +29,39 @@ from torch import nn
 from mmcl.data.benchmarks import Task
 from mmcl.errors import MmclError
 from mmcl.methods.base import Method, MethodOptions
-from mmcl.models.base import Batch, LoraSpec
+from mmcl.models.base import Backbone, Batch, LoraSpec
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 Feature = Literal["image", "text"]
+
+
+def wrap_decoder_linears(
+    backbone: Backbone,
+    spec: LoraSpec,
+    who: str,
+    make: Callable[[nn.Linear, int, int], nn.Module],
+) -> dict[str, nn.Module]:
+    """Replace, in place, every nn.Linear of the LM's decoder layers that `spec.targets`
+    (default: the backbone's LM targets) matches by `make(linear, layer, top_layer)`; the
+    wrappers by module name. Methods whose adapters are layers of their own use it."""
+    if spec.vision:
+        raise MmclError(f"{who}: its adapters sit in the LM's decoder layers")
+    pattern = re.compile(spec.targets or backbone.lm_lora_targets)
+    model = backbone.core
+    found = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and pattern.fullmatch(n) and _LAYER.search(n)
+    ]
+    if not found:
+        raise MmclError(f"{who}: no linear layer of a decoder layer matches {pattern}")
+    top = max(int(_LAYER.search(n).group(1)) for n, _ in found)
+    wrapped = {}
+    for name, m in found:
+        wrapped[name] = make(m, int(_LAYER.search(name).group(1)), top)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, wrapped[name])
+    return wrapped
 
 
 class ExpertState:
@@ -122,25 +152,13 @@ class PrototypeExperts(Method, ABC):
 
     # --- setup and training -----------------------------------------------------------------
     def setup(self) -> None:
-        spec = self.opts.lora
-        if spec.vision:
-            raise MmclError(f"{self.name}: its experts sit in the LM's decoder layers")
-        pattern = re.compile(spec.targets or self.backbone.lm_lora_targets)
-        model = self.backbone.core
-        found = [
-            (n, m)
-            for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and pattern.fullmatch(n) and _LAYER.search(n)
-        ]
-        if not found:
-            raise MmclError(f"{self.name}: no linear layer of a decoder layer matches {pattern}")
-        top = max(int(_LAYER.search(n).group(1)) for n, _ in found)
-        self.layers: dict[str, TaskExpertLinear] = {}
-        for name, m in found:
-            mix = self.mixes(int(_LAYER.search(name).group(1)), top)
-            self.layers[name] = TaskExpertLinear(m, len(self.tasks), spec, mix, self.state)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, self.layers[name])
+        spec, n = self.opts.lora, len(self.tasks)
+        self.layers: dict[str, TaskExpertLinear] = wrap_decoder_linears(
+            self.backbone,
+            spec,
+            self.name,
+            lambda m, layer, top: TaskExpertLinear(m, n, spec, self.mixes(layer, top), self.state),
+        )
         self.backbone.set_trainable({})
 
     def expert_parameters(self, task: int) -> dict[str, nn.Parameter]:

@@ -160,6 +160,11 @@ class Backbone(LoraAdapters, ABC):
             out = self._generate(batch, max_new_tokens or self.max_new_tokens, **kw)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    def input_embeddings(self) -> nn.Embedding:
+        """The language model's token embedding: its width is that of the hidden states, and
+        prompt-tuning methods (modalprompt) put their prompt vectors in its output."""
+        return self.core.get_input_embeddings()
+
     @abstractmethod
     def media_mask(self, batch: Batch) -> torch.Tensor:
         """(B, L) True at the positions of the batch that hold media (image/audio/video)

@@ -82,6 +82,9 @@ class ComposedBackbone(Backbone):
     def _decoder(self) -> nn.Module:
         return self.core.lm.model
 
+    def input_embeddings(self) -> nn.Embedding:
+        return self.core.lm.get_input_embeddings()
+
     def vision_blocks(self) -> list[nn.Module]:
         if "image" not in self.core.encoders:
             raise MmclError("this backbone has no vision encoder")
