@@ -68,20 +68,17 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class VisualWords(nn.Module):
-    """The MLP plus linear heads whose class probabilities map to word embeddings, plus a
-    row and a column embedding per image token."""
+    """The MLP plus linear heads whose class probabilities map to word embeddings."""
 
-    def __init__(self, in_dim: int, out_dim: int, classes: list[int], side: int):
+    def __init__(self, in_dim: int, out_dim: int, classes: list[int]):
         super().__init__()
         self.mlp = _mlp(in_dim, out_dim)
         self.heads = nn.ModuleList([nn.Linear(in_dim, n) for n in classes])
         self.words = nn.Linear(sum(classes), out_dim, bias=False)
-        self.rows = nn.Parameter(torch.zeros(side, 1, out_dim))
-        self.cols = nn.Parameter(torch.zeros(1, side, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.cat([h(x).softmax(-1) for h in self.heads], dim=-1)
-        return self.mlp(x) + self.words(probs) + (self.rows + self.cols).flatten(0, 1)
+        return self.mlp(x) + self.words(probs)
 
 
 class VisionTower(nn.Module):
@@ -106,12 +103,7 @@ class MmclForConditionalGeneration(PreTrainedModel):
         self.lm = LlamaForCausalLM(text)
         self.encoders = nn.ModuleDict({"image": VisionTower(vision)})
         proj = (
-            VisualWords(
-                vision.hidden_size,
-                text.hidden_size,
-                config.word_classes,
-                vision.image_size // vision.patch_size,
-            )
+            VisualWords(vision.hidden_size, text.hidden_size, config.word_classes)
             if config.word_classes
             else _mlp(vision.hidden_size, text.hidden_size)
         )

@@ -86,37 +86,25 @@ def copy_init(lm: LlamaForCausalLM) -> None:
 class VisualWords(nn.Module):
     """The tiny model's image projector: LLaVA's MLP plus "visual words" — linear heads give each
     image token a distribution over the things the pretraining corpus names (content, colour,
-    frame), mapped through a table initialised with the LM's embeddings of those names — plus a
-    learned 2-D position code (a row and a column embedding per token).
+    frame), mapped through a table initialised with the LM's embeddings of those names.
 
     A 5M LM trained for a few minutes cannot learn to decode ~90 fine-grained contents from
     continuous features (measured: names kinds, guesses identities); with the words it starts
-    by copying what it sees, as with discrete-token MLLMs, while the MLP carries the rest. The
-    encoder's patch features carry almost no position after its per-cell pretraining (a linear
-    probe found a token's cell 8% of the time, chance 6%); the code makes "where" answerable."""
+    by copying what it sees, as with discrete-token MLLMs, while the MLP carries the rest."""
 
-    def __init__(self, in_dim: int, out_dim: int, side: int):
+    def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.mlp = projector(in_dim, out_dim)
         self.heads = nn.ModuleList([nn.Linear(in_dim, len(v)) for v in CELL_VOCABS.values()])
         self.words = nn.Linear(sum(len(v) for v in CELL_VOCABS.values()), out_dim, bias=False)
-        # The position code starts small: at the size of word embeddings it blurs the words the
-        # LM learns to copy (measured: scene descriptions failed to train at all); at zero, a
-        # linear probe found a token's cell only 75% of the time after pretraining.
-        self.rows = nn.Parameter(torch.randn(side, 1, out_dim) * 0.005)
-        self.cols = nn.Parameter(torch.randn(1, side, out_dim) * 0.005)
         # The MLP starts silent: at random init its outputs are ~25x the size of word
         # embeddings and would bury the words; it grows where the words fall short.
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def position_code(self) -> torch.Tensor:
-        """(tokens, out_dim): row r's plus column c's embedding for the token of cell (r, c)."""
-        return (self.rows + self.cols).flatten(0, 1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.cat([h(x).softmax(-1) for h in self.heads], dim=-1)
-        return self.mlp(x) + self.words(probs) + self.position_code()
+        return self.mlp(x) + self.words(probs)
 
 
 def build_backbone(preset: Preset, tokenizer, seed: int = 0) -> ComposedBackbone:
@@ -145,13 +133,12 @@ def build_backbone(preset: Preset, tokenizer, seed: int = 0) -> ComposedBackbone
         pad_token_id=tokenizer.pad_token_id,
     )
     tower = VisionTower(CLIPVisionModel(vcfg))
-    side = preset.image_size // preset.patch_size
     lm = LlamaForCausalLM(lcfg)
     copy_init(lm)
     core = ComposedMLLM(
         lm,
         {"image": tower},
-        {"image": VisualWords(preset.vision_hidden, preset.lm_hidden, side)},
+        {"image": VisualWords(preset.vision_hidden, preset.lm_hidden)},
         {"image": tokenizer.convert_tokens_to_ids("<image>")},
     )
     return ComposedBackbone(
