@@ -185,6 +185,7 @@ class Run:
                 tracker.after_step(step, state, routing, method.report(), general_now)
                 state.update(counts=counts, next_step=step + 1)
                 self._save(step, state, backbone, method)
+        method.after_stream()
         tracker.finish()
         results = assemble_results(cfg, tasks, method, state)
         if general:

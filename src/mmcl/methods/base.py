@@ -68,6 +68,10 @@ class Method:
     def after_task(self, task: Task, step: int) -> None:
         """After training on `task`: consolidate (Fisher, teachers, freezing, routers)."""
 
+    def after_stream(self) -> None:
+        """After the last step's evaluation, outside the training time: measurements that are
+        not learning (mr-lora's inference cost of routing), kept in `state_dict`."""
+
     def predict(self, batch: Batch) -> list[str] | None:
         """Which adapter answers each sample of a test batch; None: the active model. The
         evaluator generates right after, so a method may also set per-sample state of its own

@@ -140,7 +140,7 @@ class MrLora(Method):
         self.backbone.set_trainable(self.backbone.adapter_parameters(task.name))
 
     def after_task(self, task: Task, step: int) -> None:
-        """Freeze the expert, keep routing samples, rebuild the router, measure the cost."""
+        """Freeze the expert, keep routing samples, rebuild the router."""
         self.backbone.set_trainable({})
         self.experts.append(task.name)
         rng = np.random.default_rng(derive_seed(self.seed, "routing-samples", task.name))
@@ -155,8 +155,11 @@ class MrLora(Method):
             self._train_router(step)
         self.fallbacks.append(0)
         self.routed.append(0)
-        if step == len(self.tasks) - 1:
-            self.cost = self.measure_cost([r for n in self.experts for r in self.samples[n]])
+        self.activate()
+
+    def after_stream(self) -> None:
+        """Measure the inference cost of routing on the stored samples (not training time)."""
+        self.cost = self.measure_cost([r for n in self.experts for r in self.samples[n]])
         self.activate()
 
     def restore_tasks(self, seen: list[Task]) -> None:
