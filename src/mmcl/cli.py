@@ -84,15 +84,10 @@ def compare_methods(methods: list[str], out: Path, overrides: dict[str, Any]) ->
     from mmcl.io import read_json
     from mmcl.report import write_comparison
 
+    configs = {name: load_config(None, {**overrides, "method.name": name}) for name in methods}
     cells = [
-        Cell(
-            name,
-            0,
-            0,
-            out / name,
-            load_config(None, {**overrides, "method.name": name}).model_dump(mode="json"),
-        )
-        for name in methods
+        Cell(name, cfg.seed, 0, out / name, cfg.model_dump(mode="json"))
+        for name, cfg in configs.items()
     ]
     todo = [c for c in cells if not c.finished]
     if todo:
