@@ -32,20 +32,24 @@ def _groups(records: Sequence[Record]) -> dict[str, list[int]]:
     return groups
 
 
-def qtype_scores(
+def _score_by_type(
     metric: str, predictions: Sequence[str], records: Sequence[Record]
 ) -> dict[str, float]:
-    """The task's scorer applied to each question type's samples apart: {qtype: score 0-100}.
-    Empty when the task has one type only (its score is the task score)."""
-    groups = _groups(records)
-    if len(groups) < 2:
-        return {}
+    """The task's scorer applied to each question type's samples apart: {qtype: 0-100}."""
     out = {}
-    for name, idx in sorted(groups.items()):
+    for name, idx in sorted(_groups(records).items()):
         recs = [records[i] for i in idx]
         refs = [list(r.references) for r in recs]
         out[name] = score_task(metric, [predictions[i] for i in idx], refs, recs)[1]
     return out
+
+
+def qtype_scores(
+    metric: str, predictions: Sequence[str], records: Sequence[Record]
+) -> dict[str, float]:
+    """Each question type's score {qtype: 0-100}; empty when the task has one type only (its
+    score is the task score)."""
+    return _score_by_type(metric, predictions, records) if len(_groups(records)) > 1 else {}
 
 
 def constant_baseline(metric: str, train: Sequence[Record], test: Sequence[Record]) -> dict:
@@ -56,22 +60,18 @@ def constant_baseline(metric: str, train: Sequence[Record], test: Sequence[Recor
     for r in train:
         seen.setdefault(qtype(r), Counter())[r.turns[-1][1]] += 1
     everything = sum(seen.values(), Counter())
-    groups = _groups(test)
     answers = {
         name: (seen.get(name) or everything or Counter([""])).most_common(1)[0][0]
-        for name in groups
+        for name in _groups(test)
     }
     given = [answers[qtype(r)] for r in test]
-    out: dict[str, Any] = {}
-    for name, idx in sorted(groups.items()):
-        recs = [test[i] for i in idx]
-        score = score_task(
-            metric, [given[i] for i in idx], [list(r.references) for r in recs], recs
-        )
-        out[name] = {"answer": answers[name], "score": round(score[1], 4)}
-    if len(groups) > 1:
-        score = score_task(metric, given, [list(r.references) for r in test], test)
-        out[ALL] = {"answer": None, "score": round(score[1], 4)}
+    out: dict[str, Any] = {
+        name: {"answer": answers[name], "score": round(score, 4)}
+        for name, score in _score_by_type(metric, given, test).items()
+    }
+    if len(out) > 1:
+        score = score_task(metric, given, [list(r.references) for r in test], test)[1]
+        out[ALL] = {"answer": None, "score": round(score, 4)}
     else:
         out[ALL] = out.pop(next(iter(out)))
     return out
