@@ -186,3 +186,11 @@ def test_export_errors(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(MmclError, match="exists"):
         export_run(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_a_method_peft_cannot_hold_is_refused_and_nothing_is_written(tmp_path, micro_overrides):
+    overrides = {**micro_overrides, "method.name": "smolora", "tasks": ["ocr"]}
+    Run(load_config(None, overrides), tmp_path / "run").execute()
+    with pytest.raises(MmclError, match="smolora cannot be exported as peft adapters: its two"):
+        export_run(tmp_path / "run", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

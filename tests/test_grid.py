@@ -217,7 +217,8 @@ def test_aggregate_recomputed_from_the_cells_files(killed_grid):
 
 def test_ray_gives_the_same_numbers(killed_grid, grid_config, tmp_path):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20)
+    # address="local": a new instance of the test's own, even beside a user's running cluster
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20)
     try:
         address = ray.get_runtime_context().gcs_address
         out = tmp_path / "ray"
@@ -232,8 +233,15 @@ def test_ray_gives_the_same_numbers(killed_grid, grid_config, tmp_path):
             address,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        # A driver without the cluster's auth token: Ray's reason, in one line, not a traceback.
+        cmd[cmd.index(str(out))] = str(tmp_path / "no-token")
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     finally:
         ray.shutdown()
+    said = " ".join(refused.stderr.split())  # the console wraps long lines
+    assert refused.returncode == 2 and "Traceback" not in said, said
+    assert f"--address {address}: Failed to connect" in said and "AuthenticationError" in said
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The pool's grid was killed and continued, this one ran straight through: equal cells also
     # show that a continued cell ends as an uninterrupted one.

@@ -193,6 +193,11 @@ def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
     if out.exists():
         raise MmclError(f"{out} exists; choose a new folder for the export")
     cfg, backbone, method, state = trained_run(run_dir)
+    if method.not_exportable:
+        raise MmclError(
+            f"export: {method.name} cannot be exported as peft adapters: "
+            f"{method.not_exportable}; evaluate it with mmcl"
+        )
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)

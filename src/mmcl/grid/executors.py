@@ -49,11 +49,20 @@ def run_ray(
         import ray
     except ImportError:
         raise MmclError("--executor ray needs Ray: pip install 'mmcl[ray]'") from None
-    ray.init(
-        address=address,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-        log_to_driver=False,  # each cell's output is in its log.txt
-    )
+    try:
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+            log_to_driver=False,  # each cell's output is in its log.txt
+        )
+    except ConnectionError as e:  # Ray's own reason (e.g. a missing auth token) is the root cause
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        # Ray puts a whole traceback in the root's text; its last line says what went wrong.
+        last = str(root).strip().splitlines()[-1:] or [type(root).__name__]
+        reason = str(e) if root is e else f"{e} ({last[0]})"
+        raise MmclError(f"--executor ray --address {address}: {reason}") from None
     try:
         task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_cell)
         refs = {task.remote(str(c.folder), c.config, threads): c for c in cells}

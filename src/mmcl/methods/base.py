@@ -35,6 +35,9 @@ class Method:
     task_id_at_test: ClassVar[bool] = False  # must stay False for task-agnostic inference
     stores_samples: ClassVar[bool] = False  # keeps training samples (replay buffers)
     train_defaults: ClassVar[dict[str, Any]] = {}  # TrainSettings fields this method prefers
+    # Why `mmcl export` cannot hand the trained method over as plain peft adapters: the layers
+    # or inputs its answers depend on that a peft folder cannot hold ("": it can).
+    not_exportable: ClassVar[str] = ""
 
     def __init__(
         self, backbone: Backbone, options: MethodOptions, tasks: list[TaskSpec], seed: int

@@ -121,6 +121,7 @@ class KeepLora(Method):
         "principal subspace and earlier tasks' directions (KeepLoRA, arXiv 2601.19659)"
     )
     Options = KeepLoraOptions
+    not_exportable = "its task LoRAs are mmcl layers with fixed A matrices, not peft adapters"
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)

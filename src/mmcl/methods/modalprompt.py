@@ -114,6 +114,7 @@ class ModalPrompt(Method):
         "similarity, no rehearsal (ModalPrompt, arXiv 2410.05849)"
     )
     Options = ModalPromptOptions
+    not_exportable = "it inserts task prompts picked per sample by prototype similarity"
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)

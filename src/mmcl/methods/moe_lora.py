@@ -98,6 +98,7 @@ class MoeLora(Method):
     name = "moe-lora"
     summary = "LoRA experts with a learned per-token gate in each layer (CoIN's MoELoRA)"
     Options = MoeLoraOptions
+    not_exportable = "its per-token gates mix LoRA experts inside each layer"
 
     def setup(self) -> None:
         spec = self.opts.lora

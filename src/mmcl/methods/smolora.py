@@ -133,6 +133,7 @@ class SMoLora(Method):
         "instruction-following ones by instruction features (SMoLoRA, arXiv 2411.13949)"
     )
     Options = SMoLoraOptions
+    not_exportable = "its two routers pick LoRA experts per sample inside each layer"
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)

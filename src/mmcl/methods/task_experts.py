@@ -130,6 +130,8 @@ class PrototypeExperts(Method, ABC):
     """Base of hide-llava and disco: subclasses say which layers mix (`mixes`), which features
     the prototypes compare (`prototype_features`) and the softmax temperature."""
 
+    not_exportable = "its task experts are mixed per sample by prototype similarity"
+
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
         self.state = ExpertState(getattr(options, "merge", "factors"))

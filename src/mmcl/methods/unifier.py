@@ -138,6 +138,7 @@ class Unifier(Method):
     name = "unifier"
     summary = "UNIFIER: per-scenario vision branches fused without routing + consistency (VRE+VCC)"
     Options = UnifierOptions
+    not_exportable = "its per-scenario vision branches and their fusion live in the vision encoder"
 
     def setup(self) -> None:
         self.backbone.add_lora("main", self.opts.lora)
