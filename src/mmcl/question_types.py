@@ -33,11 +33,14 @@ def _groups(records: Sequence[Record]) -> dict[str, list[int]]:
 
 
 def _score_by_type(
-    metric: str, predictions: Sequence[str], records: Sequence[Record]
+    metric: str,
+    predictions: Sequence[str],
+    records: Sequence[Record],
+    groups: dict[str, list[int]],
 ) -> dict[str, float]:
     """The task's scorer applied to each question type's samples apart: {qtype: 0-100}."""
     out = {}
-    for name, idx in sorted(_groups(records).items()):
+    for name, idx in sorted(groups.items()):
         recs = [records[i] for i in idx]
         refs = [list(r.references) for r in recs]
         out[name] = score_task(metric, [predictions[i] for i in idx], refs, recs)[1]
@@ -49,7 +52,8 @@ def qtype_scores(
 ) -> dict[str, float]:
     """Each question type's score {qtype: 0-100}; empty when the task has one type only (its
     score is the task score)."""
-    return _score_by_type(metric, predictions, records) if len(_groups(records)) > 1 else {}
+    groups = _groups(records)
+    return _score_by_type(metric, predictions, records, groups) if len(groups) > 1 else {}
 
 
 def constant_baseline(metric: str, train: Sequence[Record], test: Sequence[Record]) -> dict:
@@ -60,14 +64,15 @@ def constant_baseline(metric: str, train: Sequence[Record], test: Sequence[Recor
     for r in train:
         seen.setdefault(qtype(r), Counter())[r.turns[-1][1]] += 1
     everything = sum(seen.values(), Counter())
+    groups = _groups(test)
     answers = {
         name: (seen.get(name) or everything or Counter([""])).most_common(1)[0][0]
-        for name in _groups(test)
+        for name in groups
     }
     given = [answers[qtype(r)] for r in test]
     out: dict[str, Any] = {
         name: {"answer": answers[name], "score": round(score, 4)}
-        for name, score in _score_by_type(metric, given, test).items()
+        for name, score in _score_by_type(metric, given, test, groups).items()
     }
     if len(out) > 1:
         score = score_task(metric, given, [list(r.references) for r in test], test)[1]
