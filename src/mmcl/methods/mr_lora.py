@@ -8,9 +8,13 @@ Router (`router: mllm`, the paper's): another LoRA on the same base model, train
 samples per seen task (their record ids are kept) to answer a prompt that lists each expert's
 letter and its task's one-line description with the letter of the expert that should answer.
 After every task it trains on (warm start) on the new task's samples and a fixed-size seeded
-draw of the earlier ones, with the shared expert list run once per batch: its cost per step does
-not grow with the number of earlier tasks. With `router_replay` at least the earlier samples'
-number (short streams), it trains on all of them, as the paper's router does. At test time one
+draw of the earlier ones (all of them, repeated to that size, while fewer exist). The expert
+list that every routing prompt starts with is read by the base model once per step and its keys
+and values kept (`Backbone.sharing_prefix(by_base=True)`; the router's LoRA reads the question
+and media after it, in training and at test time alike): so the router's cost per step does not
+grow with the number of earlier tasks, though its prompt lists every expert. With
+`router_replay` at least the earlier samples' number (short streams), it trains on all of them,
+as the paper's router does. At test time one
 batched forward pass of the router scores the seen experts' letters as its next answer token
 (the answer it would generate, without a generation loop) and the best-scored expert answers
 (the evaluator batches mixed experts through peft's `adapter_names`). When the router's top
@@ -34,6 +38,8 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -176,14 +182,19 @@ class MrLora(Method):
     # --- the MLLM router --------------------------------------------------------------------
     def router_records(self, step: int) -> list[Record]:
         """The router's training set after `step`: the new task's routing samples, plus a
-        seeded draw of `router_replay` routing samples of the earlier tasks, so that the
-        router's work per step stays the same however many tasks came before."""
+        seeded draw of `router_replay` routing samples of the earlier tasks (all of them,
+        repeated, while there are fewer), so that the router's work per step stays the same
+        however many tasks came before."""
         new = self.experts[-1]
         earlier = [(n, r) for n in self.experts[:-1] for r in self.samples[n]]
         rng = np.random.default_rng(derive_seed(self.seed, "router-replay", step))
         k = min(self.opts.router_replay, len(earlier))
         drawn = [earlier[int(i)] for i in sorted(rng.choice(len(earlier), size=k, replace=False))]
         chosen = [(new, r) for r in self.samples[new]] + drawn
+        # Early on, fewer earlier samples exist: the set is repeated up to the size it has
+        # later, so that every step trains the router for the same number of batches.
+        size = len(self.samples[new]) + self.opts.router_replay
+        chosen = [chosen[i % len(chosen)] for i in range(max(size, len(chosen)))]
         return [self.routing_record(r, self.letter(n)) for n, r in chosen]
 
     def _train_router(self, step: int) -> None:
@@ -196,7 +207,7 @@ class MrLora(Method):
         self.backbone.use_adapters(ROUTER)
         self.backbone.set_trainable(self.backbone.adapter_parameters(ROUTER))
         records = self.router_records(step)
-        with self.backbone.sharing_prefix(), self.backbone.first_layers(self.opts.router_layers):
+        with self._routing():
             train(
                 self.backbone,
                 records,
@@ -205,6 +216,15 @@ class MrLora(Method):
                 desc=f"mr-lora router after step {step + 1} ({len(records)} samples)",
             )
         self.backbone.set_trainable({})
+
+    @contextmanager
+    def _routing(self) -> Iterator[None]:
+        """Within: the router's passes, in training and in answering alike: the expert list
+        that every routing prompt starts with is read by the base model once (where the
+        backbone can share a prefix), and only the first `router_layers` layers run."""
+        backbone = self.backbone
+        with backbone.sharing_prefix(by_base=True), backbone.first_layers(self.opts.router_layers):
+            yield
 
     def activate(self) -> None:
         """Leave adapters enabled (mixed-adapter generation needs that), nothing trainable."""
@@ -239,7 +259,7 @@ class MrLora(Method):
             routing.encoded = batch.encoded  # the same media, in the same order
         routing = routing.with_suffix(prefix)
         self.backbone.use_adapters(ROUTER)
-        with self.backbone.first_layers(self.opts.router_layers):
+        with self._routing():
             logits = self.backbone.next_token_logits(routing).float()
         named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))
         return logits[:, firsts].cpu(), named.cpu()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from transformers import DynamicCache
 
 from mmcl.data.records import MODALITIES, Record
 from mmcl.errors import MmclError
@@ -183,10 +184,7 @@ class ComposedBackbone(Backbone):
         right-padded as in the batch. Otherwise rows are left-padded and only each row's
         next-token logits are computed: (B, 1, V)."""
         lm = self.core.lm
-        prefix = rows[0][:shared].unsqueeze(0)
-        embeds = self.core.embed(prefix, {})
-        cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
-        cache.batch_repeat_interleave(len(rows))
+        cache = self._prefix_cache(rows[0][:shared], len(rows))
         tails = [r[shared:] for r in rows]
         width = max(len(t) for t in tails)
         ids = rows[0]
@@ -203,6 +201,27 @@ class ComposedBackbone(Backbone):
             cache=cache,
             logits_to_keep=0 if train else 1,
         ).logits
+
+    def _prefix_cache(self, prefix: torch.Tensor, rows: int) -> DynamicCache:
+        """The keys and values of a shared token prefix, repeated for `rows` rows: run with
+        the active adapter, gradients flowing; or, in `sharing_prefix(by_base=True)`, run by
+        the base model once per distinct prefix (and depth) in the context and kept."""
+        lm = self.core.lm
+        if self.prefix_kv is None:
+            embeds = self.core.embed(prefix.unsqueeze(0), {})
+            cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
+            cache.batch_repeat_interleave(rows)
+            return cache
+        key = (tuple(prefix.tolist()), len(self._decoder().layers))
+        if key not in self.prefix_kv:
+            with torch.no_grad(), self.adapters_bypassed():
+                embeds = self.core.embed(prefix.unsqueeze(0), {})
+                run = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
+            self.prefix_kv[key] = [(layer.keys, layer.values) for layer in run.layers]
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.prefix_kv[key]):
+            cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+        return cache
 
     @torch.no_grad()
     def next_token_logits(self, batch: Batch) -> torch.Tensor:

@@ -9,6 +9,8 @@ An adapter's parameters are found by its exact name as a key of peft's per-adapt
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -143,6 +145,24 @@ class LoraAdapters:
             return
         tuner.enable_adapter_layers()
         tuner.set_adapter(names if isinstance(names, list) else [names])
+
+    @contextmanager
+    def adapters_bypassed(self) -> Iterator[None]:
+        """Within: forward passes run the base model, every adapter layer off; after, the
+        adapters and their trainability are as they were (peft's switch resets both)."""
+        peft = self._peft_model
+        layers = [m for m in self.core.modules() if isinstance(m, BaseTunerLayer)]
+        if peft is None or all(m.disable_adapters for m in layers):
+            yield
+            return
+        grads = [(p, p.requires_grad) for p in self.core.parameters()]
+        peft.base_model.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            peft.base_model.enable_adapter_layers()
+            for p, g in grads:
+                p.requires_grad_(g)
 
     @property
     def active_adapters(self) -> list[str]:
