@@ -228,6 +228,66 @@ def test_router_trains_on_a_fixed_budget_per_step(micro_stream):
     prompts = [r.prompt for r in records]
     assert prompts == [r.prompt for r in method.router_records(1)]  # seeded
     assert prompts[5:] != [r.prompt for r in method.router_records(2)][5:]  # a draw per step
+    # Fewer earlier samples than `router_replay`: all of them, the set repeated to the size
+    # it has later (the same number of batches every step).
+    method.opts = method.opts.model_copy(update={"router_replay": 8})
+    answers = [r.turns[-1][1] for r in method.router_records(1)]
+    gui, ocr = method.letter("gui"), method.letter("ocr")
+    assert answers == [gui] * 5 + [ocr] * 5 + [gui] * 3
+
+
+def test_an_expert_list_read_by_the_base_runs_once(micro_stream):
+    """In `sharing_prefix(expert list)` the list is read by the base model, once in the whole
+    context, and the router's LoRA reads each row after it, whatever else the rows of a batch
+    share: each row's scores are those of the base model's pass over the list followed by the
+    router's over the rest; the LoRA gets gradients; adapters and trainability are as they
+    were; a prompt that does not start with the list is refused."""
+    backbone = pretrained_backbone("micro")
+    method = make_method("mr-lora", {}, backbone, [t.spec for t in micro_stream], 0)
+    for task in micro_stream:
+        method.experts.append(task.name)
+    backbone.add_lora("router", LoraSpec(r=4, alpha=8))
+    params = backbone.adapter_parameters("router")
+    with torch.no_grad():
+        for name, p in params.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    backbone.use_adapters("router")
+    backbone.set_trainable(params)
+    records = [
+        method.routing_record(r) for r in micro_stream[0].test[:2] + micro_stream[1].test[:2]
+    ]
+    lm, core = backbone.core.lm, backbone.core
+    calls = []
+    hook = lm.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["inputs_embeds"].shape), with_kwargs=True
+    )
+    with backbone.sharing_prefix(method.expert_list()):
+        scores = [
+            backbone.next_token_logits(backbone.collate(records[k : k + 2], False)) for k in (0, 2)
+        ]
+        loss = backbone.forward(backbone.collate(records, train=True)).loss
+    hook.remove()
+    prefix_runs = [c for c in calls if c[0] == 1]
+    assert len(prefix_runs) == 1 and len(calls) == 4  # the list once, then 3 batches of rows
+    grads = torch.autograd.grad(loss, list(params.values()))
+    assert all(g.abs().sum() > 0 for g in grads if g is not None)
+    assert backbone.active_adapters == ["router"]
+    assert {n for n, p in backbone.core.named_parameters() if p.requires_grad} == set(params)
+    # The reference, one row at a time: the base model over the list, the router over the rest.
+    ids = backbone.collate(records[:1], False).input_ids[0]
+    with backbone.sharing_prefix(method.expert_list()):
+        shared = backbone._shared_length([ids])
+        with pytest.raises(MmclError, match="does not start with the shared text"):
+            backbone.next_token_logits(backbone.collate(micro_stream[0].test[:2], False))
+    with torch.no_grad():
+        backbone.use_adapters(None)
+        cache = lm(inputs_embeds=core.embed(ids[None, :shared], {}), use_cache=True).cache
+        backbone.use_adapters("router")
+        batch = backbone.collate(records[:1], False)
+        rest = core.embed(ids[None, shared:], batch.media)
+        want = lm(inputs_embeds=rest, cache=cache).logits[0, -1]
+    assert torch.allclose(scores[0][0], want, atol=1e-4), (scores[0][0] - want).abs().max()
 
 
 def test_media_encoded_once_give_the_same_answers(micro_stream):

@@ -10,7 +10,7 @@ letter and its task's one-line description with the letter of the expert that sh
 After every task it trains on (warm start) on the new task's samples and a fixed-size seeded
 draw of the earlier ones (all of them, repeated to that size, while fewer exist). The expert
 list that every routing prompt starts with is read by the base model once per step and its keys
-and values kept (`Backbone.sharing_prefix(by_base=True)`; the router's LoRA reads the question
+and values kept (`Backbone.sharing_prefix(base_prefix)`; the router's LoRA reads the question
 and media after it, in training and at test time alike): so the router's cost per step does not
 grow with the number of earlier tasks, though its prompt lists every expert. With
 `router_replay` at least the earlier samples' number (short streams), it trains on all of them,
@@ -126,11 +126,14 @@ class MrLora(Method):
         media: next to the answer, where a small LM attends best (measured: the router learns
         in far fewer steps than with the question first and the long expert list after it)."""
         question = _PLACEHOLDERS.sub("", rec.prompt).strip()
+        return f"{self.expert_list()}\n{_media_placeholders(rec)}\n{question}"
+
+    def expert_list(self) -> str:
+        """What every routing prompt starts with: the seen experts and the ask."""
         desc = {t.name: t.description for t in self.tasks}
         experts = " ".join(f"{self.letter(n)}. {desc[n]}" for n in self.experts)
         return (
-            f"experts: {experts}\nwhich expert should answer this question? answer with its "
-            f"letter.\n{_media_placeholders(rec)}\n{question}"
+            f"experts: {experts}\nwhich expert should answer this question? answer with its letter."
         )
 
     def routing_record(self, rec: Record, answer: str = "") -> Record:
@@ -222,8 +225,8 @@ class MrLora(Method):
         """Within: the router's passes, in training and in answering alike: the expert list
         that every routing prompt starts with is read by the base model once (where the
         backbone can share a prefix), and only the first `router_layers` layers run."""
-        backbone = self.backbone
-        with backbone.sharing_prefix(by_base=True), backbone.first_layers(self.opts.router_layers):
+        backbone, depth = self.backbone, self.opts.router_layers
+        with backbone.sharing_prefix(self.expert_list()), backbone.first_layers(depth):
             yield
 
     def activate(self) -> None:

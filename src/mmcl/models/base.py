@@ -40,10 +40,11 @@ class Backbone(LoraAdapters, ABC):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         # Training forward passes run the prefix that every row of a batch shares once (see
-        # `sharing_prefix`); backbones that cannot ignore it. A dict in `prefix_kv`: the
-        # prefix is read by the base model, and its keys and values are kept there.
+        # `sharing_prefix`); backbones that cannot ignore it. With `base_prefix`, that text is
+        # read by the base model, its keys and values kept in `prefix_kv`.
         self.share_prefix = False
-        self.prefix_kv: dict | None = None
+        self.base_prefix: str | None = None
+        self.prefix_kv: dict = {}
 
     # --- subclasses -------------------------------------------------------------------------
     @abstractmethod
@@ -74,22 +75,23 @@ class Backbone(LoraAdapters, ABC):
 
     # --- shared -----------------------------------------------------------------------------
     @contextmanager
-    def sharing_prefix(self, by_base: bool = False) -> Iterator[None]:
+    def sharing_prefix(self, base_prefix: str | None = None) -> Iterator[None]:
         """Within: a batch whose prompts share a long prefix (a router's expert list) runs it
         once per batch in training too, so that a growing prefix costs little (the logits are
         the same up to float rounding).
 
-        With `by_base` the prefix is read by the base model (every adapter bypassed, no
-        gradient) and only once in the whole context, its keys and values kept: then a long
-        prefix costs nothing per batch. That is another model (the adapters do not see the
-        prefix), so a method uses it alike when it trains and when it answers. Backbones that
-        cannot share a prefix run whole prompts through the adapters in both cases."""
-        old = self.share_prefix, self.prefix_kv
-        self.share_prefix, self.prefix_kv = True, ({} if by_base else None)
+        With `base_prefix`, a text that every prompt starts with, that text is read by the
+        base model (every adapter bypassed, no gradient) once in the whole context, its keys
+        and values kept, and the adapters read what follows: a long prefix then costs nothing
+        per batch. That is another model (the adapters do not see the text), so a method uses
+        it alike when it trains and when it answers. Backbones that cannot share a prefix run
+        whole prompts through the adapters in both cases."""
+        old = self.share_prefix, self.base_prefix, self.prefix_kv
+        self.share_prefix, self.base_prefix, self.prefix_kv = True, base_prefix, {}
         try:
             yield
         finally:
-            self.share_prefix, self.prefix_kv = old
+            self.share_prefix, self.base_prefix, self.prefix_kv = old
 
     def _decoder(self) -> nn.Module | None:
         """The language model's module holding its decoder `layers` (None: not exposed)."""

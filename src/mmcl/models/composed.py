@@ -166,7 +166,11 @@ class ComposedBackbone(Backbone):
 
     def _shared_length(self, rows: list[torch.Tensor]) -> int:
         """How many leading tokens every row shares (up to its first media token; e.g. a
-        router's list of experts), each row keeping a token of its own; 0 if fewer than 2."""
+        router's list of experts), each row keeping a token of its own; 0 if fewer than 2.
+        With a `base_prefix` (see `sharing_prefix`): that text's tokens, a fixed boundary
+        whatever else the rows share, so that no row's scores depend on its batch."""
+        if self.base_prefix is not None:
+            return self._base_prefix_length(rows)
         media_ids = torch.tensor(list(self.core.token_ids.values()), device=rows[0].device)
         shared = min(len(r) for r in rows) - 1
         for r in rows:
@@ -175,15 +179,28 @@ class ComposedBackbone(Backbone):
                 shared = int(differs.nonzero()[0])
         return shared if shared >= 2 and len(rows) >= 2 else 0
 
+    def _base_prefix_length(self, rows: list[torch.Tensor]) -> int:
+        """The number of tokens that the prompt template and `base_prefix` open every row
+        with (an error if a row does not start with them)."""
+        head = ([self.bos] if self.bos is not None else []) + self._encode(
+            f"user: {self.base_prefix}"
+        )
+        n = len(head)
+        for r in rows:
+            if len(r) <= n or r[:n].tolist() != head:
+                raise MmclError(
+                    f"a prompt does not start with the shared text {self.base_prefix[:60]!r}"
+                )
+        return n
+
     def _prefix_then_rows(
         self, rows: list[torch.Tensor], batch: Batch, shared: int, train: bool
     ) -> torch.Tensor:
-        """Run the shared prefix once, then every row's own tokens from its KV cache, with the
-        active adapter (peft injects its LoRA into the LM's modules); gradients flow through
-        both passes. Training: the logits (B, W, V) of the positions after the prefix, rows
-        right-padded as in the batch. Otherwise rows are left-padded and only each row's
-        next-token logits are computed: (B, 1, V)."""
-        lm = self.core.lm
+        """Run the shared prefix once, then every row's own tokens from its KV cache through
+        the running model (its adapters; a trainer's wrapper, if any); gradients flow through
+        both passes (not through a base-read prefix). Training: the logits (B, W, V) of the
+        positions after the prefix, rows right-padded as in the batch. Otherwise rows are
+        left-padded and only each row's next-token logits are computed: (B, 1, V)."""
         cache = self._prefix_cache(rows[0][:shared], len(rows))
         tails = [r[shared:] for r in rows]
         width = max(len(t) for t in tails)
@@ -193,21 +210,22 @@ class ComposedBackbone(Backbone):
         for i, t in enumerate(tails):
             cols = slice(0, len(t)) if train else slice(width - len(t), width)
             suffix[i, cols], smask[i, cols] = t, 1
-        positions = shared + (smask.cumsum(1) - 1).clamp(min=0)
-        return lm(
-            inputs_embeds=self.core.embed(suffix, batch.media, batch.encoded),
+        return self.model(
+            input_ids=suffix,
             attention_mask=torch.cat([smask.new_ones((len(rows), shared)), smask], 1),
-            position_ids=positions,
+            media=batch.media,
+            encoded=batch.encoded,
             cache=cache,
+            position_ids=shared + (smask.cumsum(1) - 1).clamp(min=0),
             logits_to_keep=0 if train else 1,
         ).logits
 
     def _prefix_cache(self, prefix: torch.Tensor, rows: int) -> DynamicCache:
         """The keys and values of a shared token prefix, repeated for `rows` rows: run with
-        the active adapter, gradients flowing; or, in `sharing_prefix(by_base=True)`, run by
-        the base model once per distinct prefix (and depth) in the context and kept."""
+        the active adapter, gradients flowing; or, with a `base_prefix`, run by the base model
+        once per context (and depth) and kept."""
         lm = self.core.lm
-        if self.prefix_kv is None:
+        if self.base_prefix is None:
             embeds = self.core.embed(prefix.unsqueeze(0), {})
             cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
             cache.batch_repeat_interleave(rows)
@@ -240,9 +258,10 @@ class ComposedBackbone(Backbone):
         """Training logits of a right-padded batch whose rows share a prefix, with that prefix
         run once (as `next_token_logits` does at inference): those of the positions after
         the prefix, (B, L - prefix, V), which is all the answer loss reads. None when it
-        cannot: no shared prefix, or a distributed wrapper whose own forward must run."""
+        cannot: no shared prefix, or a distributed wrapper, which must see the whole pass
+        (a base-read prefix has no gradient to share, and is always run apart)."""
         ids, mask = batch.input_ids, batch.attention_mask
-        if self.wrapped or not bool(mask[:, 0].all()):
+        if self.wrapped and self.base_prefix is None:
             return None
         rows = [ids[i, : int(n)] for i, n in enumerate(mask.sum(1))]
         shared = self._shared_length(rows)

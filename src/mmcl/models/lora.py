@@ -143,8 +143,14 @@ class LoraAdapters:
         if not names:
             tuner.disable_adapter_layers()
             return
+        names = names if isinstance(names, list) else [names]
+        # peft's switch visits every adapter of every layer: skipped when nothing changes
+        # (routing switches per batch, and the cost would grow with the number of adapters).
+        layer = next(m for m in self.core.modules() if isinstance(m, BaseTunerLayer))
+        if not layer.disable_adapters and list(tuner.active_adapters) == names:
+            return
         tuner.enable_adapter_layers()
-        tuner.set_adapter(names if isinstance(names, list) else [names])
+        tuner.set_adapter(names)
 
     @contextmanager
     def adapters_bypassed(self) -> Iterator[None]:

@@ -85,15 +85,28 @@ class ComposedMLLM(nn.Module):
         return emb
 
     def forward(
-        self, input_ids, attention_mask, media=None, output_hidden_states=False, encoded=None
+        self,
+        input_ids,
+        attention_mask,
+        media=None,
+        output_hidden_states=False,
+        encoded=None,
+        cache=None,
+        position_ids=None,
+        logits_to_keep=0,
     ):
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        """The LM over the embedded prompt; with `cache`, the tokens after a prefix whose keys
+        and values it holds (`attention_mask` then covers both, `position_ids` are given)."""
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.lm(
             inputs_embeds=self.embed(input_ids, media or {}, encoded),
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
-            use_cache=False,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
         )
 
     def generate(self, input_ids, attention_mask, media=None, encoded=None, **kw):
