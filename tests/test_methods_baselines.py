@@ -161,10 +161,10 @@ def test_o_lora_new_lora_per_task_old_frozen_active_and_pushed_orthogonal(tasks)
     assert "orth" not in m.loss(batch, bb.forward(batch))  # nothing to be orthogonal to yet
     m.after_task(tasks[0], 0)
     m.before_task(tasks[1], 1)
-    assert bb.active_adapters == ["task0", "task1"]
+    assert bb.active_adapters == ["tasks0to0", "task1"]
     trainable = bb.trainable_parameters()
     assert trainable and all(".task1." in n for n in trainable)
-    old, new = bb.lora_factors("task0"), bb.lora_factors("task1")
+    old, new = bb.lora_factors("tasks0to0"), bb.lora_factors("task1")
     assert old and set(old) == set(new)
     by_hand = sum((old[n][0] @ new[n][0].T).abs().sum() for n in new)
     loss = m.loss(batch, bb.forward(batch))["orth"]
@@ -177,8 +177,18 @@ def test_o_lora_new_lora_per_task_old_frozen_active_and_pushed_orthogonal(tasks)
             q = torch.linalg.qr(old[n][0].T).Q
             a.sub_((a @ q) @ q.T)
     assert m.orthogonality().item() == pytest.approx(0.0, abs=1e-4)
-    state = json.loads(json.dumps(m.state_dict()))
-    assert state == {"adapters": ["task0", "task1"], "orth_at_end": [0.0]}
+    # Folded: the earlier LoRAs become one of their summed rank, with the same update.
+    probe = _batch(m, tasks[1].test[:2])
+    with torch.no_grad():
+        before = bb.forward(probe).logits
+    m.after_task(tasks[1], 1)
+    assert bb.adapters == ["tasks0to1"] and bb.active_adapters == ["tasks0to1"]
+    assert bb.adapter_rank("tasks0to1") == 2 * m.opts.lora.r
+    with torch.no_grad():
+        assert torch.allclose(bb.forward(probe).logits, before, atol=1e-5)
+    assert not bb.trainable_parameters()
+    state = m.state_dict()
+    assert (state["learned"], state["past"], state["orth_at_end"][0]) == (2, "tasks0to1", 0.0)
 
 
 def test_o_lora_kill_and_resume_gives_the_same_matrix(
@@ -229,6 +239,16 @@ def test_replay_buffer_quotas_mixing_and_rebuild_on_resume(tasks):
     m3 = _method("replay", tasks, per_task=3)
     m3.after_task(tasks[0], 0)
     assert len(m3.buffer["ocr"]) == 3
+
+    # A fixed-size buffer: shared evenly by the tasks seen, each keeping its first draws.
+    m4 = _method("replay", tasks, per_task=4, buffer_size=5)
+    m4.after_task(tasks[0], 0)
+    first = list(m4.buffer_ids["ocr"])
+    assert len(first) == 4
+    m4.after_task(tasks[1], 1)
+    assert {k: len(v) for k, v in m4.buffer_ids.items()} == {"ocr": 3, tasks[1].name: 2}
+    assert m4.buffer_ids["ocr"] == first[:3]
+    assert [r.id for r in m4.buffer["ocr"]] == first[:3]
 
 
 # --- moe-lora -------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """o-lora: Orthogonal Subspace Learning (Wang et al., 2023).
 
-Each task gets a new LoRA; the earlier ones are frozen and stay active (peft sums the outputs
-of all active adapters), so inference needs no task identity. While a task trains, its LoRA's
-A matrices (the subspace it writes from) are pushed orthogonal to those of all earlier LoRAs
-in the same layer:  orth_weight · sum_layers sum |A_prev A_cur^T|, plus optionally
-l2_weight · sum of the L2 norms of the current LoRA's matrices (both as in the paper's code).
-The loss runs on stacked tensors: layers whose A matrices have the same width are stacked and
-multiplied in one batched matmul; the earlier A's are stacked once per task.
+Each task gets a new LoRA; the earlier ones are frozen and stay active, so inference needs no
+task identity. While a task trains, its LoRA's A matrices (the subspace it writes from) are
+pushed orthogonal to those of all earlier LoRAs in the same layer:
+orth_weight · sum_layers sum |A_prev A_cur^T|, plus optionally l2_weight · sum of the L2 norms
+of the current LoRA's matrices (both as in the paper's code).
+
+As in the paper's code, the earlier LoRAs are kept as one LoRA whose rank grows by r per task
+(their A's stacked, B's side by side: its update is exactly the sum of theirs), so a forward pass
+runs two LoRAs whatever the number of tasks, and the earlier A's are already stacked for the
+loss (layers whose A matrices have the same width are multiplied in one batched matmul). With
+LoRA dropout, the earlier tasks then share one dropout mask in training.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from mmcl.data.benchmarks import Task
 from mmcl.methods import register
 from mmcl.methods.base import Method
 from mmcl.methods.lora_ft import LoraOptions
-from mmcl.models.base import Batch, Outputs
+from mmcl.models.base import Batch, LoraSpec, Outputs
 
 
 class OLoraOptions(LoraOptions):
@@ -43,33 +47,37 @@ class OLora(Method):
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
-        self.adapters: list[str] = []  # one per task trained or in training, in order
+        self.learned = 0  # tasks whose LoRA is folded into `past`
+        self.past: str | None = None  # the earlier tasks' LoRAs, side by side
+        self.current: str | None = None  # the LoRA of the task in training
         # Per A-matrix width: (earlier A's stacked (L, R, d), the current A parameters).
         self._groups: list[tuple[torch.Tensor, list[nn.Parameter]]] = []
         self.orth_at_end: list[float] = []  # unweighted loss when each task ends (diagnostic)
 
     def _activate(self) -> None:
-        self.backbone.use_adapters(list(self.adapters))
+        self.backbone.use_adapters([n for n in (self.past, self.current) if n])
+
+    def _past_spec(self, tasks: int) -> LoraSpec:
+        """The LoRA of `tasks` earlier tasks side by side: their ranks summed, the same scale."""
+        lora = self.opts.lora
+        return lora.model_copy(update={"r": lora.r * tasks, "alpha": lora.alpha * tasks})
 
     def _stack_groups(self) -> None:
-        """Stack, per layer, the earlier LoRAs' A matrices; group layers by their width."""
-        *prev, cur = self.adapters
+        """Per layer, the earlier LoRAs' A matrices (already stacked); layers grouped by width."""
         groups: dict[int, tuple[list[torch.Tensor], list[nn.Parameter]]] = {}
-        if prev:
-            earlier = [self.backbone.lora_factors(n) for n in prev]
-            for layer, (a, _) in self.backbone.lora_factors(cur).items():
-                old = torch.cat([f[layer][0].detach() for f in earlier], dim=0)
+        if self.past:
+            earlier = self.backbone.lora_factors(self.past)
+            for layer, (a, _) in self.backbone.lora_factors(self.current).items():
                 olds, curs = groups.setdefault(a.shape[1], ([], []))
-                olds.append(old)
+                olds.append(earlier[layer][0].detach())
                 curs.append(a)
         self._groups = [(torch.stack(olds), curs) for olds, curs in groups.values()]
 
     def before_task(self, task: Task, step: int) -> None:
-        name = f"task{step}"
-        self.backbone.add_lora(name, self.opts.lora)
-        self.adapters.append(name)
+        self.current = f"task{step}"
+        self.backbone.add_lora(self.current, self.opts.lora)
         self._activate()
-        self.backbone.set_trainable(self.backbone.adapter_parameters(name))
+        self.backbone.set_trainable(self.backbone.adapter_parameters(self.current))
         self._stack_groups()
 
     def orthogonality(self) -> torch.Tensor:
@@ -82,29 +90,43 @@ class OLora(Method):
         if self._groups and self.opts.orth_weight > 0:
             out["orth"] = self.opts.orth_weight * self.orthogonality()
         if self.opts.l2_weight > 0:
-            params = self.backbone.adapter_parameters(self.adapters[-1]).values()
+            params = self.backbone.adapter_parameters(self.current).values()
             out["l2"] = self.opts.l2_weight * torch.stack([p.norm() for p in params]).sum()
         return out
 
     def after_task(self, task: Task, step: int) -> None:
+        """Freeze this task's LoRA and fold it into the earlier ones'."""
         with torch.no_grad():
             self.orth_at_end.append(round(float(self.orthogonality()), 6))
-        self.backbone.set_trainable({})  # this task's LoRA is frozen from now on
         self._groups = []
+        self.learned += 1
+        folded = [n for n in (self.past, self.current) if n]
+        self.past, self.current = f"tasks0to{step}", None
+        self.backbone.stack_loras(folded, self.past, self._past_spec(self.learned))
+        self._activate()
+        self.backbone.set_trainable({})  # peft's switch made the active adapter trainable
 
     def report(self) -> dict:
-        return {"adapters": len(self.adapters), "orthogonality_at_task_end": self.orth_at_end}
+        return {"adapters": self.learned, "orthogonality_at_task_end": self.orth_at_end}
 
     # --- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"adapters": list(self.adapters), "orth_at_end": list(self.orth_at_end)}
+        # The folded LoRA is kept here: no task's training touched its weights.
+        weights = self.backbone.adapter_parameters(self.past) if self.past else {}
+        return {
+            "learned": self.learned,
+            "past": self.past,
+            "weights": {n: p.detach().clone() for n, p in weights.items()},
+            "orth_at_end": list(self.orth_at_end),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Re-add every LoRA of the tasks done (their weights load afterwards), all frozen."""
-        self.adapters = list(state.get("adapters") or [])
+        """Re-add the earlier tasks' LoRA with its weights, frozen."""
+        self.learned = int(state.get("learned") or 0)
+        self.past = state.get("past")
         self.orth_at_end = list(state.get("orth_at_end") or [])
-        for name in self.adapters:
-            self.backbone.add_lora(name, self.opts.lora)
-        if self.adapters:
+        if self.past:
+            self.backbone.add_lora(self.past, self._past_spec(self.learned))
+            self.backbone.load_adapter(self.past, state["weights"])
             self._activate()
             self.backbone.set_trainable({})

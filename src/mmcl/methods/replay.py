@@ -2,9 +2,12 @@
 
 After each task a fixed quota of its training samples (by default 5% of them, drawn with a
 seed derived from the run seed and the task name) joins the buffer; every later task trains on
-its own data plus the whole buffer, shuffled together. The buffer holds references (task name
-+ record ids), which the checkpoint stores as JSON and resume resolves again against the
-tasks' records.
+its own data plus the whole buffer, shuffled together. So by default the buffer, and the cost
+of each step, grow with the number of tasks. With `buffer_size` the buffer holds at most that
+many samples, shared evenly by the tasks seen (each keeps the first ones of its seeded draw):
+then a step's cost stops growing once the buffer is full, as in a fixed-memory rehearsal. The
+buffer holds references (task name + record ids), which the checkpoint stores as JSON and
+resume resolves again against the tasks' records.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class ReplayOptions(LoraOptions):
     )
     per_task: int | None = Field(
         None, ge=1, description="samples kept per task (overrides `fraction`)"
+    )
+    buffer_size: int | None = Field(
+        None, ge=1, description="at most this many samples in all, shared evenly by the tasks"
     )
 
 
@@ -56,6 +62,17 @@ class Replay(LoraFT):
         chosen = rng.sample(list(task.train), self.quota(len(task.train)))
         self.buffer[task.name] = chosen
         self.buffer_ids[task.name] = [r.id for r in chosen]
+        if self.opts.buffer_size is not None:
+            self._fit_buffer(self.opts.buffer_size)
+
+    def _fit_buffer(self, size: int) -> None:
+        """Shrink the buffer to `size` samples, shared evenly by its tasks (the earlier tasks
+        get the remainder); each task keeps the first ones of its draw."""
+        n = len(self.buffer)
+        for k, name in enumerate(list(self.buffer)):
+            share = size // n + (k < size % n)
+            self.buffer[name] = self.buffer[name][:share]
+            self.buffer_ids[name] = self.buffer_ids[name][:share]
 
     def report(self) -> dict:
         return {

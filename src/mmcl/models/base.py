@@ -41,10 +41,11 @@ class Backbone(LoraAdapters, ABC):
         self.max_new_tokens = max_new_tokens
         # Training forward passes run the prefix that every row of a batch shares once (see
         # `sharing_prefix`); backbones that cannot ignore it. With `base_prefix`, that text is
-        # read by the base model, its keys and values kept in `prefix_kv`.
+        # read by the base model; what a context computes once about it (its tokens, keys and
+        # values) is kept in `prefix_memo`.
         self.share_prefix = False
         self.base_prefix: str | None = None
-        self.prefix_kv: dict = {}
+        self.prefix_memo: dict = {}
 
     # --- subclasses -------------------------------------------------------------------------
     @abstractmethod
@@ -86,12 +87,12 @@ class Backbone(LoraAdapters, ABC):
         per batch. That is another model (the adapters do not see the text), so a method uses
         it alike when it trains and when it answers. Backbones that cannot share a prefix run
         whole prompts through the adapters in both cases."""
-        old = self.share_prefix, self.base_prefix, self.prefix_kv
-        self.share_prefix, self.base_prefix, self.prefix_kv = True, base_prefix, {}
+        old = self.share_prefix, self.base_prefix, self.prefix_memo
+        self.share_prefix, self.base_prefix, self.prefix_memo = True, base_prefix, {}
         try:
             yield
         finally:
-            self.share_prefix, self.base_prefix, self.prefix_kv = old
+            self.share_prefix, self.base_prefix, self.prefix_memo = old
 
     def _decoder(self) -> nn.Module | None:
         """The language model's module holding its decoder `layers` (None: not exposed)."""
@@ -208,6 +209,9 @@ class Backbone(LoraAdapters, ABC):
         """Within: the running model in eval mode (no dropout); after, the mode it had."""
         model = self.model
         was_training = model.training
+        if not was_training:  # switching visits every module (and every adapter's copies)
+            yield
+            return
         model.eval()
         try:
             yield

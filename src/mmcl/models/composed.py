@@ -182,9 +182,11 @@ class ComposedBackbone(Backbone):
     def _base_prefix_length(self, rows: list[torch.Tensor]) -> int:
         """The number of tokens that the prompt template and `base_prefix` open every row
         with (an error if a row does not start with them)."""
-        head = ([self.bos] if self.bos is not None else []) + self._encode(
-            f"user: {self.base_prefix}"
-        )
+        key = ("head", self.base_prefix)
+        if key not in self.prefix_memo:  # encoded once per context
+            bos = [self.bos] if self.bos is not None else []
+            self.prefix_memo[key] = bos + self._encode(f"user: {self.base_prefix}")
+        head = self.prefix_memo[key]
         n = len(head)
         for r in rows:
             if len(r) <= n or r[:n].tolist() != head:
@@ -231,13 +233,13 @@ class ComposedBackbone(Backbone):
             cache.batch_repeat_interleave(rows)
             return cache
         key = (tuple(prefix.tolist()), len(self._decoder().layers))
-        if key not in self.prefix_kv:
+        if key not in self.prefix_memo:
             with torch.no_grad(), self.adapters_bypassed():
                 embeds = self.core.embed(prefix.unsqueeze(0), {})
                 run = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
-            self.prefix_kv[key] = [(layer.keys, layer.values) for layer in run.layers]
+            self.prefix_memo[key] = [(layer.keys, layer.values) for layer in run.layers]
         cache = DynamicCache()
-        for i, (k, v) in enumerate(self.prefix_kv[key]):
+        for i, (k, v) in enumerate(self.prefix_memo[key]):
             cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
         return cache
 

@@ -194,6 +194,30 @@ class LoraAdapters:
             for n, p in params.items():
                 p.copy_(weights[n])
 
+    def stack_loras(self, names: list[str], into: str, spec: LoraSpec) -> None:
+        """Replace LoRAs `names` by one, `into`, that holds them side by side (A's stacked, B's
+        side by side): its update is exactly the sum of theirs, in one pair of matmuls.
+        `spec` is its rank (the sum of theirs) at the same scale alpha / r; it is frozen."""
+        if self.lora_modules_to_save:
+            raise MmclError("stack_loras: these adapters also train copies of whole modules")
+        if spec.r != sum(self.adapter_rank(n) for n in names):
+            raise MmclError(f"stack_loras: rank {spec.r} is not the sum of {names}'s ranks")
+        for n in names:
+            cfg = self._peft(n).peft_config[n]
+            if cfg.lora_alpha * spec.r != spec.alpha * cfg.r:
+                raise MmclError(f"stack_loras: adapter {n!r} has another scale than {into!r}")
+        parts = [self.lora_factors(n) for n in names]
+        grads = [(p, p.requires_grad) for p in self.core.parameters()]
+        self.add_lora(into, spec)
+        with torch.no_grad():
+            for layer, (a, b) in self.lora_factors(into).items():
+                a.copy_(torch.cat([f[layer][0] for f in parts], dim=0))
+                b.copy_(torch.cat([f[layer][1] for f in parts], dim=1))
+        for n in names:
+            self.remove_adapter(n)
+        for p, g in grads:
+            p.requires_grad_(g)
+
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """The parameters of adapter `name` by name in `core` (exactly that adapter's: one
         named like a module of the base, e.g. `mlp`, gets none of the base's weights)."""
