@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmcl.config import load_config
-from mmcl.data.benchmarks import get_benchmark
+from mmcl.data.benchmarks import TaskSpec, get_benchmark
 from mmcl.errors import MmclError
 from mmcl.methods import make_method
 from mmcl.methods.mr_lora import MrLora
@@ -236,6 +236,24 @@ def test_router_trains_on_a_fixed_budget_per_step(micro_stream):
     assert answers == [gui] * 5 + [ocr] * 5 + [gui] * 3
 
 
+def test_experts_that_share_a_description_are_one_choice(micro_stream):
+    """A stream that visits a task again (the same description): the router is taught to
+    name the newest expert of that description for every visit's samples, and routing counts
+    as right when it picks an expert of the same description."""
+    ocr, gui = (t.spec for t in micro_stream)
+    again = TaskSpec("ocr_2", ocr.modality, ocr.metric, ocr.description)
+    backbone = pretrained_backbone("micro")
+    method = make_method("mr-lora", {"router_replay": 8}, backbone, [ocr, gui, again], 0)
+    method.experts = ["ocr", "gui"]
+    method.samples = {"ocr": micro_stream[0].train[:4], "gui": micro_stream[1].train[:4]}
+    assert [method.answering(n) for n in ("ocr", "gui")] == ["ocr", "gui"]
+    method.experts.append("ocr_2")
+    method.samples["ocr_2"] = micro_stream[0].train[4:8]
+    assert [method.answering(n) for n in ("ocr", "gui", "ocr_2")] == ["ocr_2", "gui", "ocr_2"]
+    letters = {r.turns[-1][1] for r in method.router_records(2)}
+    assert letters == {method.letter("ocr_2"), method.letter("gui")}
+
+
 def test_an_expert_list_read_by_the_base_runs_once(micro_stream):
     """In `sharing_prefix(expert list)` the list is read by the base model, once in the whole
     context, and the router's LoRA reads each row after it, whatever else the rows of a batch
@@ -288,6 +306,10 @@ def test_an_expert_list_read_by_the_base_runs_once(micro_stream):
         rest = core.embed(ids[None, shared:], batch.media)
         want = lm(inputs_embeds=rest, cache=cache).logits[0, -1]
     assert torch.allclose(scores[0][0], want, atol=1e-4), (scores[0][0] - want).abs().max()
+    # A shallow router (`router_layers`) keeps the keys and values of the layers it runs.
+    with backbone.sharing_prefix(method.expert_list()), backbone.first_layers(1):
+        shallow = backbone.next_token_logits(backbone.collate(records[:2], False))
+    assert shallow.shape == scores[0].shape and not torch.allclose(shallow, scores[0])
 
 
 def test_media_encoded_once_give_the_same_answers(micro_stream):

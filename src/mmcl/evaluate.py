@@ -102,7 +102,11 @@ def evaluate_task(
         if rec.media:  # the report shows samples with their media
             row["media"] = {m: [str(p) for p in paths] for m, paths in rec.media.items()}
         rows.append(row)
-    routing = sum(routes[r.id] == task.name for r in task.test) / len(task.test) if routes else None
+    routing = None
+    if routes:  # the right expert: one whose task has this task's description (itself, if unique)
+        desc = {t.name: t.description for t in method.tasks}
+        right = sum(desc.get(routes[r.id]) == task.spec.description for r in task.test)
+        routing = right / len(task.test)
     return TaskResult(
         task.name,
         score,

@@ -198,7 +198,16 @@ class MrLora(Method):
         # later, so that every step trains the router for the same number of batches.
         size = len(self.samples[new]) + self.opts.router_replay
         chosen = [chosen[i % len(chosen)] for i in range(max(size, len(chosen)))]
-        return [self.routing_record(r, self.letter(n)) for n, r in chosen]
+        return [self.routing_record(r, self.letter(self.answering(n))) for n, r in chosen]
+
+    def answering(self, task: str) -> str:
+        """The expert that the router is taught to name for `task`'s samples: the newest one
+        with the same description. A router reads only descriptions, so experts that share
+        one (a stream that visits a scenario again) are one choice to it, and naming each
+        sample's own visit would be a guess; the newest has seen the latest data of the kind.
+        Where descriptions differ (the paper's streams), that is the task's own expert."""
+        desc = {t.name: t.description for t in self.tasks}
+        return [n for n in self.experts if desc[n] == desc[task]][-1]
 
     def _train_router(self, step: int) -> None:
         """Train the router LoRA, created before the first task's routing and kept since (warm

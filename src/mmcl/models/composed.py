@@ -232,12 +232,14 @@ class ComposedBackbone(Backbone):
             cache = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
             cache.batch_repeat_interleave(rows)
             return cache
-        key = (tuple(prefix.tolist()), len(self._decoder().layers))
+        depth = len(self._decoder().layers)  # fewer within `first_layers`
+        key = (tuple(prefix.tolist()), depth)
         if key not in self.prefix_memo:
             with torch.no_grad(), self.adapters_bypassed():
                 embeds = self.core.embed(prefix.unsqueeze(0), {})
                 run = lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).cache
-            self.prefix_memo[key] = [(layer.keys, layer.values) for layer in run.layers]
+            # The cache has a slot for every layer of the config; only `depth` of them ran.
+            self.prefix_memo[key] = [(layer.keys, layer.values) for layer in run.layers[:depth]]
         cache = DynamicCache()
         for i, (k, v) in enumerate(self.prefix_memo[key]):
             cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
