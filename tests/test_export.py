@@ -150,7 +150,8 @@ def test_exported_adapter_answers_as_mmcl_without_mmcl(
         ]
         assert routing["router"]["adapter"] == "adapters/router"
         assert "{question}" in routing["router"]["prompt"]
-        assert routing["router"]["layers"] is None  # the default router reads the whole LM
+        assert routing["router"]["layers"] == 1  # the default router reads half the LM's layers
+        assert routing["router"]["prompt"].startswith(routing["router"]["expert_list"])
         scalars = read_scalars(run_dir / "tensorboard")
         res = json.loads((run_dir / "results.json").read_text())
         for i, name in enumerate(res["tasks"]):

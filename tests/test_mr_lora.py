@@ -112,6 +112,14 @@ def test_mixed_adapter_batch_equals_per_sample_inference(micro_stream):
     with torch.no_grad():
         mixed_logits = backbone.forward(batch, adapter_names=routes).logits
     mixed = backbone.generate(batch, adapter_names=routes, max_new_tokens=6)
+    with backbone.rows_adapted(routes) as kw:  # generate's path: batched per-row matmuls
+        assert kw == {}
+        with torch.no_grad():
+            torch.testing.assert_close(backbone.forward(batch).logits, mixed_logits)
+    backbone.add_lora("wide", LoraSpec(r=8))  # another rank: peft's mixed batches serve
+    with backbone.rows_adapted([*routes[:-1], "wide"]) as kw:
+        assert kw == {"adapter_names": [*routes[:-1], "wide"]}
+    backbone.remove_adapter("wide")
     single, per_adapter = [], set()
     for k, (rec, name) in enumerate(zip(records, routes, strict=True)):
         one = backbone.collate([rec], train=False)

@@ -173,7 +173,13 @@ def routing_info(method: Method) -> dict[str, Any] | None:
             "answer": "the letter of the expert (the first capital letter of its answer)",
             # set: the router was trained to answer from the LM's first N layers, so it must
             # be run truncated to them (None: the whole LM)
-            "layers": method.opts.router_layers,
+            "layers": method.router_layers(),
+            # what the prompt starts with, and who reads it (see Backbone.sharing_prefix)
+            "expert_list": method.expert_list(),
+            "expert_list_read_by": "the base model (every adapter off), then the router adapter "
+            "reads the rest of the prompt from its keys and values"
+            if method.backbone.shares_prefix
+            else "the router adapter, with the rest of the prompt",
         },
         "experts": [
             {

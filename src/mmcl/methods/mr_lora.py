@@ -24,8 +24,10 @@ counted.
 Routing shares work with answering: the media features are encoded once per batch and read by
 the router and then the expert (`Backbone.encode_media`; not with a vision LoRA, whose features
 differ per adapter). The rest cannot be shared, since router and experts put LoRA on every LM
-layer; `router_layers` makes the router's own pass cheaper by reading its answer after the LM's
-first N layers (either router kind).
+layer. So the router's own pass is made cheaper: by default (`router_depth` 0.5, a departure
+from the paper's whole-LM router) it reads its answer after the first half of the LM's decoder
+layers (either router kind), and the experts of a mixed batch answer through batched per-row
+LoRA matmuls (`Backbone.generate` with `adapter_names`).
 
 Router (`router: prototype`): training-free — the nearest per-task prototype of the base model's
 prompt-pooled last hidden state. Prototypes are the means over the same few samples per task;
@@ -67,11 +69,12 @@ class MrLoraOptions(MethodOptions):
         "mllm", description="mllm: a router LoRA answers a letter; prototype: nearest prototype"
     )
     router_lora: LoraSpec = Field(default_factory=LoraSpec, description="the router's LoRA")
-    router_layers: int | None = Field(
-        None,
-        ge=1,
-        description="the router (either kind) reads only the LM's first N decoder layers, "
-        "then its final norm and head: a cheaper routing pass (None: all layers)",
+    router_depth: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of the LM's decoder layers the router (either kind) reads before "
+        "its final norm and head: 1 is the whole LM, as in the paper; less is a cheaper pass",
     )
     router_samples: int = Field(20, ge=1, description="routing samples kept per seen task")
     router_replay: int = Field(
@@ -229,12 +232,24 @@ class MrLora(Method):
             )
         self.backbone.set_trainable({})
 
+    def router_layers(self) -> int | None:
+        """How many of the LM's decoder layers the router runs (None: all of them)."""
+        if self.opts.router_depth >= 1:
+            return None
+        total = self.backbone.decoder_layers()
+        if total is None:
+            raise MmclError(
+                f"mr-lora: {type(self.backbone).__name__} cannot run part of its language "
+                "model; set method.router_depth: 1"
+            )
+        return max(1, round(self.opts.router_depth * total))
+
     @contextmanager
     def _routing(self) -> Iterator[None]:
         """Within: the router's passes, in training and in answering alike: the expert list
         that every routing prompt starts with is read by the base model once (where the
-        backbone can share a prefix), and only the first `router_layers` layers run."""
-        backbone, depth = self.backbone, self.opts.router_layers
+        backbone can share a prefix), and only the first `router_layers()` layers run."""
+        backbone, depth = self.backbone, self.router_layers()
         with backbone.sharing_prefix(self.expert_list()), backbone.first_layers(depth):
             yield
 
@@ -289,7 +304,7 @@ class MrLora(Method):
         if batch is None:
             batch = self.backbone.collate(records, train=False).to(self.backbone.device)
         names = ["__base__"] * len(batch) if self.backbone.adapters else None
-        with self.backbone.eval_mode(), self.backbone.first_layers(self.opts.router_layers):
+        with self.backbone.eval_mode(), self.backbone.first_layers(self.router_layers()):
             out = self.backbone.forward(batch, adapter_names=names, hidden=True)
         return out.hidden.float()
 

@@ -28,7 +28,9 @@ class Router(Protocol):
 def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
     """Samples/s of (a) one adapter answering every sample (lora-ft's inference), (b) the
     router alone, (c) router + routed experts; on the same records and batches; and the
-    time ratio of (c) to (a), in wall-clock and in CPU seconds."""
+    time ratio of (c) to (a), in wall-clock and in CPU seconds. Both paths answer each batch
+    with as many tokens as its longest reference (and its end): one adapter answering tasks
+    it was not trained on would answer at other lengths, which would weigh in the ratio."""
     backbone = method.backbone
     bs = method.opts.cost_batch_size
     records = sorted(records, key=lambda r: (len(r.prompt), r.id))
@@ -36,6 +38,12 @@ def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
 
     def collate(chunk):
         return backbone.collate(chunk, train=False).to(backbone.device)
+
+    def answer_length(chunk) -> int:
+        refs = [" " + ref for r in chunk for ref in (r.references or (r.turns[-1][1],))]
+        ids = backbone.tokenizer(refs, add_special_tokens=False).input_ids
+        longest = max(len(i) for i in ids) + 1  # and its end
+        return min(longest, backbone.max_new_tokens)
 
     method.route(chunks[0][:2])  # warm-up of both paths
     backbone.use_adapters(method.experts[-1])
@@ -51,15 +59,15 @@ def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
     # repeated, so that a change of machine load hits both alike.
     for _ in range(method.opts.cost_repeats):
         for chunk in chunks:
-            batch = collate(chunk)
+            batch, n = collate(chunk), answer_length(chunk)
             backbone.use_adapters(method.experts[-1])
             t0 = clock()
-            backbone.generate(batch)
+            backbone.generate(batch, max_new_tokens=n, min_new_tokens=n)
             t1 = clock()
             names, _ = method.route(chunk, batch)
             t2 = clock()
             method.activate()
-            backbone.generate(batch, adapter_names=names)
+            backbone.generate(batch, adapter_names=names, max_new_tokens=n, min_new_tokens=n)
             t3 = clock()
             for k, (a, b) in {
                 "single": (t0, t1),

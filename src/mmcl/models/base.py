@@ -31,6 +31,10 @@ class Backbone(LoraAdapters, ABC):
     task trains). Methods go through its named operations (adapters, modes, the teacher view),
     never through `model`. A backbone implements `collate`, `_forward` and `_generate`."""
 
+    # Whether `sharing_prefix` runs a prompt's shared prefix apart (and a `base_prefix` by the
+    # base model); backbones that cannot run whole prompts through the adapters.
+    shares_prefix: bool = False
+
     def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):
         self.core = core
         self.model: nn.Module = core
@@ -97,6 +101,11 @@ class Backbone(LoraAdapters, ABC):
     def _decoder(self) -> nn.Module | None:
         """The language model's module holding its decoder `layers` (None: not exposed)."""
         return None
+
+    def decoder_layers(self) -> int | None:
+        """The number of the language model's decoder layers (None: not exposed)."""
+        body = self._decoder()
+        return None if body is None else len(body.layers)
 
     @contextmanager
     def first_layers(self, n: int | None) -> Iterator[None]:
@@ -165,10 +174,13 @@ class Backbone(LoraAdapters, ABC):
         batch: Batch,
         adapter_names: list[str] | None = None,
         max_new_tokens: int | None = None,
+        min_new_tokens: int = 0,
     ) -> list[str]:
-        """Greedy answers for a prompt-only batch (KV-cached, one call for the whole batch)."""
-        kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
-        with self.eval_mode():
+        """Greedy answers for a prompt-only batch (KV-cached, one call for the whole batch);
+        `min_new_tokens` holds the end of the answer back until that many tokens."""
+        with self.eval_mode(), self.rows_adapted(adapter_names) as kw:
+            if min_new_tokens:
+                kw = {**kw, "min_new_tokens": min_new_tokens}
             out = self._generate(batch, max_new_tokens or self.max_new_tokens, **kw)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 

@@ -56,6 +56,8 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 class ComposedBackbone(Backbone):
     """Backbone over ComposedMLLM; prompts follow a plain 'user: ... assistant:' template."""
 
+    shares_prefix = True
+
     def __init__(
         self,
         core: ComposedMLLM,

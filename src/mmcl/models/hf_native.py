@@ -98,6 +98,11 @@ class HFNativeBackbone(Backbone):
         if self._blocks is not None:
             self.vision_lora_targets = linear_regex(core, module_name(core, self._blocks))
 
+    def _decoder(self) -> nn.Module | None:
+        """The language model's decoder (LLaVA's, Qwen2-VL's), as transformers exposes it."""
+        decoder = self.core.get_decoder() if hasattr(self.core, "get_decoder") else None
+        return decoder if isinstance(getattr(decoder, "layers", None), nn.ModuleList) else None
+
     # --- the vision side --------------------------------------------------------------------
     def _vision_block_list(self) -> nn.ModuleList | None:
         if self._vision is None:

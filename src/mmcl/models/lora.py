@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper
 from pydantic import BaseModel, Field
 from torch import nn
 
 from mmcl.errors import MmclError
+
+BASE = "__base__"  # peft's name, in `adapter_names`, of rows that no adapter changes
 
 
 class LoraSpec(BaseModel, extra="forbid"):
@@ -153,6 +156,17 @@ class LoraAdapters:
         tuner.set_adapter(names)
 
     @contextmanager
+    def rows_adapted(self, adapter_names: list[str] | None) -> Iterator[dict]:
+        """Within: forward passes give row i adapter `adapter_names[i]` (None: the active
+        adapters). Yields the keyword arguments a forward or generate call then takes: none
+        when batched per-row matmuls serve (`rows_routed`), else peft's `adapter_names`."""
+        if adapter_names is None:
+            yield {}
+            return
+        with rows_routed(self.core, adapter_names) as routed:
+            yield {} if routed else {"adapter_names": adapter_names}
+
+    @contextmanager
     def adapters_bypassed(self) -> Iterator[None]:
         """Within: forward passes run the base model, every adapter layer off; after, the
         adapters and their trainability are as they were (peft's switch resets both)."""
@@ -230,6 +244,54 @@ class LoraAdapters:
         """Per adapted linear layer (by module name in `core`): adapter `name`'s (A, B) weights,
         whose product B @ A is its update of the layer (before scaling)."""
         return lora_factors(self.core, name) if name in self.adapters else {}
+
+
+def _row_routed_forward(layer: LoraLinear, names: list[str], a: torch.Tensor, b: torch.Tensor):
+    """A LoRA layer's forward where row i of the batch goes through adapter `names[i]`: `a`
+    (B, r, d) and `b` (B, out, r), the scale folded in, gathered once per call (an input that
+    is not one row per sample, e.g. a vision encoder's, takes peft's path)."""
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[0] != a.shape[0]:  # not one row per sample (media)
+            return layer._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
+        out = layer.base_layer(x, *args, **kwargs)
+        return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)).to(out.dtype)
+
+    return forward
+
+
+@contextmanager
+def rows_routed(model: nn.Module, adapter_names: list[str]) -> Iterator[bool]:
+    """Within: every LoRA layer of `model` gives row i of a batch adapter `adapter_names[i]`
+    with two batched matmuls (each row's A and B gathered once, here), where peft's mixed
+    batches split every layer's input into a sub-batch per adapter at every step. Yields
+    False, changing nothing, where that does not hold: adapters of different ranks, an
+    adapter missing from a layer, or adapted modules that are not LoRA linear layers (trained
+    copies, embeddings); peft's `adapter_names` path serves those."""
+    names = sorted(set(adapter_names) - {BASE})  # rows named BASE get no update
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer | ModulesToSaveWrapper)]
+    usable = names and all(
+        isinstance(m, LoraLinear)
+        and all(n in m.lora_A for n in names)
+        and len({m.lora_A[n].weight.shape[0] for n in names}) == 1
+        and not m.merged
+        for m in layers
+    )
+    if not layers or not usable:
+        yield False
+        return
+    for m in layers:
+        a = torch.stack([m.lora_A[n].weight for n in names])
+        b = torch.stack([m.lora_B[n].weight * m.scaling[n] for n in names])
+        a, b = torch.cat([a, a.new_zeros(a[:1].shape)]), torch.cat([b, b.new_zeros(b[:1].shape)])
+        rows = [names.index(n) if n != BASE else len(names) for n in adapter_names]
+        rows = torch.tensor(rows, device=a.device)
+        m.forward = _row_routed_forward(m, adapter_names, a[rows], b[rows])
+    try:
+        yield True
+    finally:
+        for m in layers:
+            del m.forward
 
 
 def lm_linear_regex(prefix: str) -> str:

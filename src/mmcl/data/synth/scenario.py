@@ -232,7 +232,7 @@ TASKS = {
         task_name(s, v),
         "image",
         "msvqa",
-        desc if v == 1 else f"{desc}, visit {v}",
+        desc,  # a revisit is the same scenario: a router reading descriptions sees one choice
         scenario_maker(s),
     )
     for v in range(1, VISITS + 1)
