@@ -188,6 +188,19 @@ def test_router_prefix_cache_equals_a_full_forward(micro_stream):
     assert len(backbone.core.lm.model.layers) > 1  # whole again
 
 
+def _trainable_router(backbone) -> dict:
+    """A router LoRA that already changes the model (fresh B is zero), active and trainable."""
+    backbone.add_lora("router", LoraSpec(r=4, alpha=8))
+    params = backbone.adapter_parameters("router")
+    with torch.no_grad():
+        for name, p in params.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    backbone.use_adapters("router")
+    backbone.set_trainable(params)
+    return params
+
+
 def test_router_training_with_a_shared_prefix_equals_a_full_forward(micro_stream):
     """Training the router runs the shared expert list once per batch: the loss and the LoRA's
     gradients must be those of plain forward passes over the whole prompts."""
@@ -198,14 +211,7 @@ def test_router_training_with_a_shared_prefix_equals_a_full_forward(micro_stream
     for task in micro_stream:
         method.experts.append(task.name)
         method.samples[task.name] = task.train[:4]
-    backbone.add_lora("router", LoraSpec(r=4, alpha=8))
-    params = backbone.adapter_parameters("router")
-    with torch.no_grad():
-        for name, p in params.items():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    backbone.use_adapters("router")
-    backbone.set_trainable(params)
+    params = _trainable_router(backbone)
     batch = backbone.collate(method.router_records(1), train=True)
     shared = backbone._shared_prefix_logits(batch)  # the expert list runs once: not scored
     assert shared is not None and shared.shape[1] < batch.input_ids.shape[1]
@@ -272,14 +278,7 @@ def test_an_expert_list_read_by_the_base_runs_once(micro_stream):
     method = make_method("mr-lora", {}, backbone, [t.spec for t in micro_stream], 0)
     for task in micro_stream:
         method.experts.append(task.name)
-    backbone.add_lora("router", LoraSpec(r=4, alpha=8))
-    params = backbone.adapter_parameters("router")
-    with torch.no_grad():
-        for name, p in params.items():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    backbone.use_adapters("router")
-    backbone.set_trainable(params)
+    params = _trainable_router(backbone)
     records = [
         method.routing_record(r) for r in micro_stream[0].test[:2] + micro_stream[1].test[:2]
     ]
