@@ -9,31 +9,19 @@ samples per seen task (their record ids are kept) to answer a prompt that lists 
 letter and its task's one-line description with the letter of the expert that should answer.
 After every task it trains on (warm start) on the new task's samples and a fixed-size seeded
 draw of the earlier ones (all of them, repeated to that size, while fewer exist). The expert
-list that every routing prompt starts with is read by the base model once per step and its keys
-and values kept (`Backbone.sharing_prefix(base_prefix)`; the router's LoRA reads the question
-and media after it, in training and at test time alike): so the router's cost per step does not
-grow with the number of earlier tasks, though its prompt lists every expert. With
-`router_replay` at least the earlier samples' number (short streams), it trains on all of them,
-as the paper's router does. At test time one
-batched forward pass of the router scores the seen experts' letters as its next answer token
-(the answer it would generate, without a generation loop) and the best-scored expert answers
-(the evaluator batches mixed experts through peft's `adapter_names`). When the router's top
-token is no expert's letter, the best letter is the deterministic fallback, and such samples are
-counted.
+list that every routing prompt starts with is read by the base model once per step, its keys
+and values kept (`Backbone.sharing_prefix(base_prefix)`); the router's LoRA reads the question
+and media after it, in training and at test time alike. So the router's cost per step does not
+grow with the number of earlier tasks. At test time one batched forward pass of the router
+scores the seen experts' letters as its next answer token, and the best-scored expert answers
+(mixed batches: `Backbone.generate` with `adapter_names`); when the router's top token is no
+letter, the best letter is the deterministic fallback, and such samples are counted.
 
-Routing shares work with answering: the media features are encoded once per batch and read by
-the router and then the expert (`Backbone.encode_media`; not with a vision LoRA, whose features
-differ per adapter). The rest cannot be shared, since router and experts put LoRA on every LM
-layer. So the router's own pass is made cheaper: by default (`router_depth` 0.5, a departure
-from the paper's whole-LM router) it reads its answer after the first half of the LM's decoder
-layers (either router kind), and the experts of a mixed batch answer through batched per-row
-LoRA matmuls (`Backbone.generate` with `adapter_names`).
-
-Router (`router: prototype`): training-free — the nearest per-task prototype of the base model's
-prompt-pooled last hidden state. Prototypes are the means over the same few samples per task;
-"nearest" is in the Mahalanobis distance of the within-task covariance pooled over the tasks
-(shrunk towards a scaled identity): the raw hidden states share large directions that make
-plain cosine or Euclidean nearest-mean routing poor.
+Routing shares work with answering: the media features are encoded once per batch for the
+router and the expert (not with a vision LoRA). The rest cannot be shared (router and experts
+put LoRA on every LM layer), so the router's pass is made cheaper: by default (`router_depth`
+0.5, a departure from the paper's whole-LM router) it answers after the first half of the LM's
+decoder layers (either router kind). `router: prototype` is in prototype_router.py.
 """
 
 from __future__ import annotations
@@ -54,6 +42,7 @@ from mmcl.errors import MmclError
 from mmcl.io import derive_seed
 from mmcl.methods import register
 from mmcl.methods.base import Method, MethodOptions
+from mmcl.methods.prototype_router import nearest_prototype, pooled_states, prototype_metric
 from mmcl.methods.routing_cost import routing_cost
 from mmcl.models.base import Batch, LoraSpec
 from mmcl.train import TrainSettings, train
@@ -125,9 +114,8 @@ class MrLora(Method):
         return LETTERS[[t.name for t in self.tasks].index(task)]
 
     def routing_prompt(self, rec: Record) -> str:
-        """The seen experts (letter + description), the ask, then the record's question and
-        media: next to the answer, where a small LM attends best (measured: the router learns
-        in far fewer steps than with the question first and the long expert list after it)."""
+        """The expert list, then the record's question and media next to the answer, where a
+        small LM attends best (measured: far fewer steps to learn than question first)."""
         question = _PLACEHOLDERS.sub("", rec.prompt).strip()
         return f"{self.expert_list()}\n{_media_placeholders(rec)}\n{question}"
 
@@ -157,7 +145,7 @@ class MrLora(Method):
         self.experts.append(task.name)
         rng = np.random.default_rng(derive_seed(self.seed, "routing-samples", task.name))
         n = min(self.opts.router_samples, len(task.train))
-        chosen = sorted(int(i) for i in rng.choice(len(task.train), size=n, replace=False))
+        chosen = sorted(rng.choice(len(task.train), size=n, replace=False).tolist())
         self.samples[task.name] = [task.train[i] for i in chosen]
         self.sample_ids[task.name] = [r.id for r in self.samples[task.name]]
         if self.opts.router == "prototype":
@@ -165,8 +153,7 @@ class MrLora(Method):
             self._metric = None
         else:
             self._train_router(step)
-        self.fallbacks.append(0)
-        self.routed.append(0)
+        self.fallbacks, self.routed = [*self.fallbacks, 0], [*self.routed, 0]
         self.activate()
 
     def after_stream(self) -> None:
@@ -187,35 +174,29 @@ class MrLora(Method):
 
     # --- the MLLM router --------------------------------------------------------------------
     def router_records(self, step: int) -> list[Record]:
-        """The router's training set after `step`: the new task's routing samples, plus a
-        seeded draw of `router_replay` routing samples of the earlier tasks (all of them,
-        repeated, while there are fewer), so that the router's work per step stays the same
-        however many tasks came before."""
+        """The router's training set after `step`: the new task's routing samples and a seeded
+        draw of `router_replay` earlier ones, the same size whatever came before."""
         new = self.experts[-1]
         earlier = [(n, r) for n in self.experts[:-1] for r in self.samples[n]]
         rng = np.random.default_rng(derive_seed(self.seed, "router-replay", step))
         k = min(self.opts.router_replay, len(earlier))
         drawn = [earlier[int(i)] for i in sorted(rng.choice(len(earlier), size=k, replace=False))]
         chosen = [(new, r) for r in self.samples[new]] + drawn
-        # Early on, fewer earlier samples exist: the set is repeated up to the size it has
-        # later, so that every step trains the router for the same number of batches.
+        # Fewer earlier samples early on: the set is repeated up to its later size.
         size = len(self.samples[new]) + self.opts.router_replay
         chosen = [chosen[i % len(chosen)] for i in range(max(size, len(chosen)))]
         return [self.routing_record(r, self.letter(self.answering(n))) for n, r in chosen]
 
     def answering(self, task: str) -> str:
-        """The expert that the router is taught to name for `task`'s samples: the newest one
-        with the same description. A router reads only descriptions, so experts that share
-        one (a stream that visits a scenario again) are one choice to it, and naming each
-        sample's own visit would be a guess; the newest has seen the latest data of the kind.
-        Where descriptions differ (the paper's streams), that is the task's own expert."""
+        """The expert the router is taught to name for `task`'s samples: the newest with its
+        description (experts that share one, a scenario's visits, are one choice to a router
+        that reads descriptions; the newest saw the latest data). Usually the task's own."""
         desc = {t.name: t.description for t in self.tasks}
         return [n for n in self.experts if desc[n] == desc[task]][-1]
 
     def _train_router(self, step: int) -> None:
-        """Train the router LoRA, created before the first task's routing and kept since (warm
-        start), on `router_records`; the expert list that every routing prompt starts with
-        runs once per batch."""
+        """Train the router LoRA (created at the first step, warm-started since) on
+        `router_records`."""
         if ROUTER not in self.backbone.adapters:
             torch.manual_seed(derive_seed(self.seed, "router-init", step))
             self.backbone.add_lora(ROUTER, self.opts.router_lora)
@@ -234,27 +215,17 @@ class MrLora(Method):
 
     def router_layers(self) -> int | None:
         """How many of the LM's decoder layers the router runs (None: all of them)."""
-        if self.opts.router_depth >= 1:
-            return None
-        total = self.backbone.decoder_layers()
-        if total is None:
-            raise MmclError(
-                f"mr-lora: {type(self.backbone).__name__} cannot run part of its language "
-                "model; set method.router_depth: 1"
-            )
-        return max(1, round(self.opts.router_depth * total))
+        return self.backbone.layers_of_share(self.opts.router_depth, "method.router_depth")
 
     @contextmanager
     def _routing(self) -> Iterator[None]:
-        """Within: the router's passes, in training and in answering alike: the expert list
-        that every routing prompt starts with is read by the base model once (where the
-        backbone can share a prefix), and only the first `router_layers()` layers run."""
+        """Within: the router's passes (training and answering): the expert list read by the
+        base model once, then the first `router_layers()` layers."""
         backbone, depth = self.backbone, self.router_layers()
         with backbone.sharing_prefix(self.expert_list()), backbone.first_layers(depth):
             yield
 
-    def activate(self) -> None:
-        """Leave adapters enabled (mixed-adapter generation needs that), nothing trainable."""
+    def activate(self) -> None:  # adapters on (mixed-adapter generation), nothing trainable
         self.backbone.use_adapters(ROUTER if ROUTER in self.backbone.adapters else self.experts[-1])
         self.backbone.set_trainable({})
 
@@ -275,10 +246,9 @@ class MrLora(Method):
     def router_scores(
         self, records: list[Record], batch: Batch | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass of the router over the routing prompts (no generation): (B, experts)
-        scores of each expert's letter as the next answer token, and (B,) whether the router's
-        own top token is one of those letters. The media features that `batch` (the records'
-        own prompts) already holds are read, not encoded again."""
+        """One forward pass of the router (no generation): (B, experts) scores of each expert's
+        letter as the next token, (B,) whether its top token is a letter; media features that
+        `batch` (the records' own prompts) holds are read, not encoded again."""
         prefix, firsts = self.letter_tokens()
         routing = self.backbone.collate([self.routing_record(r) for r in records], train=False)
         routing = routing.to(self.backbone.device)
@@ -292,40 +262,24 @@ class MrLora(Method):
         return logits[:, firsts].cpu(), named.cpu()
 
     def _route_mllm(self, records: list[Record], batch: Batch | None) -> tuple[list[str], int]:
-        """The letter the router scores highest; when its top token is no letter at all, that
-        is still the deterministic fallback, and it is counted."""
+        """The best-scored letter (the counted fallback, too, when the top token is none)."""
         scores, named = self.router_scores(records, batch)
         return [self.experts[int(k)] for k in scores.argmax(-1)], int((~named).sum())
 
     # --- the prototype router ---------------------------------------------------------------
-    @torch.no_grad()
     def _pooled(self, records: list[Record], batch: Batch | None = None) -> torch.Tensor:
-        """The base model's prompt-pooled last hidden states (every adapter bypassed)."""
-        if batch is None:
-            batch = self.backbone.collate(records, train=False).to(self.backbone.device)
-        names = ["__base__"] * len(batch) if self.backbone.adapters else None
-        with self.backbone.eval_mode(), self.backbone.first_layers(self.router_layers()):
-            out = self.backbone.forward(batch, adapter_names=names, hidden=True)
-        return out.hidden.float()
+        return pooled_states(self.backbone, records, batch, self.router_layers())  # base model
 
     def prototype_metric(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prototypes (T, H), precision matrix (H, H)) from the stored pooled states."""
+        """(prototypes, precision matrix) of the stored pooled states (prototype_router.py)."""
         if self._metric is None:
-            feats = [self.features[n].double() for n in self.experts]
-            protos = torch.stack([f.mean(0) for f in feats])
-            centred = torch.cat([f - f.mean(0) for f in feats])
-            cov = centred.T @ centred / max(1, len(centred) - len(feats))
-            lam = self.opts.prototype_shrinkage
-            eye = torch.eye(cov.shape[0], dtype=cov.dtype)
-            cov = (1 - lam) * cov + lam * cov.diagonal().mean().clamp(min=1e-8) * eye
-            self._metric = (protos, torch.linalg.inv(cov))
+            feats = [self.features[n] for n in self.experts]
+            self._metric = prototype_metric(feats, self.opts.prototype_shrinkage)
         return self._metric
 
     def _route_prototype(self, records: list[Record], batch: Batch | None) -> list[str]:
-        protos, precision = self.prototype_metric()
-        diff = self._pooled(records, batch).cpu().double().unsqueeze(1) - protos  # (B, T, H)
-        dist = torch.einsum("bth,hk,btk->bt", diff, precision, diff)
-        return [self.experts[int(k)] for k in dist.argmin(-1)]
+        nearest = nearest_prototype(self._pooled(records, batch), *self.prototype_metric())
+        return [self.experts[int(k)] for k in nearest]
 
     # --- inference --------------------------------------------------------------------------
     def route(self, records: list[Record], batch: Batch | None = None) -> tuple[list[str], int]:
@@ -347,8 +301,7 @@ class MrLora(Method):
         return routes
 
     def measure_cost(self, records: list[Record]) -> dict[str, float]:
-        """Inference cost of routing + experts against one adapter (see `routing_cost`)."""
-        return routing_cost(self, records)
+        return routing_cost(self, records)  # routing + experts against one adapter
 
     def report(self) -> dict[str, Any]:
         """Fallbacks, stored samples, and the inference cost of routing (routing_cost.py)."""

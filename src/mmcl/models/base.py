@@ -102,10 +102,17 @@ class Backbone(LoraAdapters, ABC):
         """The language model's module holding its decoder `layers` (None: not exposed)."""
         return None
 
-    def decoder_layers(self) -> int | None:
-        """The number of the language model's decoder layers (None: not exposed)."""
+    def layers_of_share(self, share: float, key: str) -> int | None:
+        """How many decoder layers `share` of the language model is (at least 1; None: all,
+        for a share of 1); `key` names the setting in the error of a backbone that cannot."""
+        if share >= 1:
+            return None
         body = self._decoder()
-        return None if body is None else len(body.layers)
+        if body is None:
+            raise MmclError(
+                f"{type(self).__name__} cannot run part of its language model; set {key}: 1"
+            )
+        return max(1, round(share * len(body.layers)))
 
     @contextmanager
     def first_layers(self, n: int | None) -> Iterator[None]:
