@@ -163,7 +163,6 @@ def routing_info(method: Method) -> dict[str, Any] | None:
 
     if not isinstance(method, MrLora) or not method.experts:
         return None
-    desc = {t.name: t.description for t in method.tasks}
     question = Record("template", (("<image>\n{question}", ""),))
     return {
         "router": {
@@ -185,7 +184,7 @@ def routing_info(method: Method) -> dict[str, Any] | None:
             {
                 "task": n,
                 "letter": method.letter(n),
-                "description": desc[n],
+                "description": method.descriptions[n],
                 "adapter": f"adapters/{n}",
             }
             for n in method.experts

@@ -100,6 +100,7 @@ class MrLora(Method):
             raise MmclError(f"mr-lora: a task may not be named {ROUTER!r} or '__base__'")
         if len(names) > len(LETTERS):
             raise MmclError(f"mr-lora: at most {len(LETTERS)} experts (one letter each)")
+        self.descriptions = {t.name: t.description for t in tasks}
         self.experts: list[str] = []  # tasks whose expert is trained, in order
         self.sample_ids: dict[str, list[str]] = {}  # the routing samples (record ids) per task
         self.samples: dict[str, list[Record]] = {}  # the same, resolved to records
@@ -121,8 +122,7 @@ class MrLora(Method):
 
     def expert_list(self) -> str:
         """What every routing prompt starts with: the seen experts and the ask."""
-        desc = {t.name: t.description for t in self.tasks}
-        experts = " ".join(f"{self.letter(n)}. {desc[n]}" for n in self.experts)
+        experts = " ".join(f"{self.letter(n)}. {self.descriptions[n]}" for n in self.experts)
         return (
             f"experts: {experts}\nwhich expert should answer this question? answer with its letter."
         )
@@ -191,7 +191,7 @@ class MrLora(Method):
         """The expert the router is taught to name for `task`'s samples: the newest with its
         description (experts that share one, a scenario's visits, are one choice to a router
         that reads descriptions; the newest saw the latest data). Usually the task's own."""
-        desc = {t.name: t.description for t in self.tasks}
+        desc = self.descriptions
         return [n for n in self.experts if desc[n] == desc[task]][-1]
 
     def _train_router(self, step: int) -> None:

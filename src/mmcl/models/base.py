@@ -32,7 +32,7 @@ class Backbone(LoraAdapters, ABC):
     never through `model`. A backbone implements `collate`, `_forward` and `_generate`."""
 
     # Whether `sharing_prefix` runs a prompt's shared prefix apart (and a `base_prefix` by the
-    # base model); backbones that cannot run whole prompts through the adapters.
+    # base model); the others run whole prompts through the adapters.
     shares_prefix: bool = False
 
     def __init__(self, core: nn.Module, tokenizer, max_new_tokens: int = 24):

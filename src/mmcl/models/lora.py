@@ -175,12 +175,21 @@ class LoraAdapters:
         if peft is None or all(m.disable_adapters for m in layers):
             yield
             return
+        with self._trainability_kept():
+            peft.base_model.disable_adapter_layers()
+            try:
+                yield
+            finally:
+                peft.base_model.enable_adapter_layers()
+
+    @contextmanager
+    def _trainability_kept(self) -> Iterator[None]:
+        """Within: adapters may be added, switched or removed; after, every parameter that
+        remains is as trainable as before (peft's switches set that as they go)."""
         grads = [(p, p.requires_grad) for p in self.core.parameters()]
-        peft.base_model.disable_adapter_layers()
         try:
             yield
         finally:
-            peft.base_model.enable_adapter_layers()
             for p, g in grads:
                 p.requires_grad_(g)
 
@@ -221,16 +230,14 @@ class LoraAdapters:
             if cfg.lora_alpha * spec.r != spec.alpha * cfg.r:
                 raise MmclError(f"stack_loras: adapter {n!r} has another scale than {into!r}")
         parts = [self.lora_factors(n) for n in names]
-        grads = [(p, p.requires_grad) for p in self.core.parameters()]
-        self.add_lora(into, spec)
-        with torch.no_grad():
-            for layer, (a, b) in self.lora_factors(into).items():
-                a.copy_(torch.cat([f[layer][0] for f in parts], dim=0))
-                b.copy_(torch.cat([f[layer][1] for f in parts], dim=1))
-        for n in names:
-            self.remove_adapter(n)
-        for p, g in grads:
-            p.requires_grad_(g)
+        with self._trainability_kept():  # `into` is new, so stays frozen as add_lora left it
+            self.add_lora(into, spec)
+            with torch.no_grad():
+                for layer, (a, b) in self.lora_factors(into).items():
+                    a.copy_(torch.cat([f[layer][0] for f in parts], dim=0))
+                    b.copy_(torch.cat([f[layer][1] for f in parts], dim=1))
+            for n in names:
+                self.remove_adapter(n)
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """The parameters of adapter `name` by name in `core` (exactly that adapter's: one
