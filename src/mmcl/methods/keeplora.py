@@ -44,7 +44,10 @@ GRADIENT_BATCH = 8  # samples per backward pass while taking the mean gradient (
 
 class KeepLoraLinear(nn.Module):
     """A frozen nn.Linear plus one LoRA per task so far, all active: W x + s sum_t B_t A_t x.
-    The A_t are fixed (frozen parameters); float32, as peft keeps its adapters."""
+    The A_t are fixed (frozen parameters); float32, as peft keeps its adapters. The finished
+    tasks' updates are merged into W (as the reference does) the first time the layer runs
+    after a new task joins, so a pass costs one linear and one LoRA whatever the number of
+    tasks; their B's stay, frozen, for resume (a resumed run merges them in the same order)."""
 
     def __init__(self, base: nn.Linear, spec: LoraSpec):
         super().__init__()
@@ -53,6 +56,7 @@ class KeepLoraLinear(nn.Module):
         self.task_A = nn.ParameterList()
         self.task_B = nn.ParameterList()
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
+        self.merged = 0  # tasks whose update is in base_layer.weight
 
     def add_task(self, a: torch.Tensor) -> None:
         """A new task's LoRA with the given (r, in) A and B = 0."""
@@ -61,15 +65,20 @@ class KeepLoraLinear(nn.Module):
         zeros = torch.zeros(self.base_layer.out_features, self.r, device=dev)
         self.task_B.append(nn.Parameter(zeros))
 
-    def delta(self) -> torch.Tensor:
-        """sum_t B_t A_t (out, in), unscaled."""
-        return torch.cat(list(self.task_B), 1) @ torch.cat(list(self.task_A), 0)
+    @torch.no_grad()
+    def _merge_finished(self) -> None:
+        """Fold every task but the newest into W, one at a time (the same rounding on resume)."""
+        w = self.base_layer.weight
+        for t in range(self.merged, len(self.task_A) - 1):
+            w.add_((self.scaling * self.task_B[t] @ self.task_A[t]).to(w.dtype))
+        self.merged = max(self.merged, len(self.task_A) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         if not len(self.task_A):
-            return out
-        a, b = torch.cat(list(self.task_A), 0), torch.cat(list(self.task_B), 1)
+            return self.base_layer(x)
+        self._merge_finished()
+        out = self.base_layer(x)
+        a, b = self.task_A[-1], self.task_B[-1]
         delta = F.linear(F.linear(self.dropout(x.float()), a), b) * self.scaling
         return out + delta.to(out.dtype)
 
