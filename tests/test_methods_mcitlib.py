@@ -216,14 +216,15 @@ def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
     batch = bb.collate(tasks[0].train[:2], train=True)
     assert m.loss(batch, bb.forward(batch)) == {}  # no earlier task yet
     _perturb(bb.adapter_parameters("task0"))
-    m.after_task(tasks[0], 0)
-    for n, d in m.deltas("task0").items():  # the key elements: the top 10% of |dW| of task 0
+    m.after_task(tasks[0], 0)  # folded into the earlier tasks' LoRA: here task 0's only
+    assert m.folded.past == "tasks0to0" and "task0" not in bb.adapters
+    for n, d in m.deltas("tasks0to0").items():  # the key elements: the top 10% of its |dW|
         d = d.abs()
         mask = m.key_masks[n]
         assert int(mask.sum()) == int(0.1 * d.numel())
         assert d[mask].min() >= d[~mask].max()
     m.before_task(tasks[1], 1)
-    assert bb.active_adapters == ["task0", "task1"]
+    assert bb.active_adapters == ["tasks0to0", "task1"]
     assert all(".task1." in n for n in bb.trainable_parameters())
     _perturb(bb.adapter_parameters("task1"), seed=1)
     by_hand = torch.stack(
@@ -232,9 +233,10 @@ def test_sefe_reglora_keeps_the_new_update_off_earlier_key_elements(tasks):
     loss = m.loss(batch, bb.forward(batch))["reglora"]
     assert loss.item() == pytest.approx(2.0 * by_hand.item(), rel=1e-5)
     loss.backward()
-    assert all(a.grad is None for a, _ in bb.lora_factors("task0").values())
+    assert all(a.grad is None for a, _ in bb.lora_factors("tasks0to0").values())
     assert all(b.grad.abs().sum() > 0 for _, b in bb.lora_factors("task1").values())
-    m.after_task(tasks[1], 1)  # task 1's key elements join task 0's
+    m.after_task(tasks[1], 1)  # task 1's key elements join task 0's; its LoRA is folded in
+    assert bb.active_adapters == ["tasks0to1"] and bb.adapter_rank("tasks0to1") == 2 * m.opts.lora.r
     assert all(int(mask.sum()) >= int(0.1 * mask.numel()) for mask in m.key_masks.values())
 
 
@@ -277,9 +279,15 @@ def test_keeplora_updates_stay_off_the_protected_subspace(tasks):
             eye = torch.eye(len(m.space[n]))
             torch.testing.assert_close(m.space[n] @ m.space[n].T, eye, atol=1e-4, rtol=0)
 
+    pristine = {n: x.base_layer.weight.detach().clone() for n, x in m.layers.items()}
     check_task(0)
     check_task(1)  # task 1's A also keeps off task 0's gradient directions
     assert m.report()["adapters"] == 2
+    for n, lay in m.layers.items():  # task 0's update, merged into W, still counts once
+        x = torch.randn(2, 3, lay.base_layer.in_features)
+        every = sum(b @ a for a, b in zip(lay.task_A, lay.task_B, strict=True))
+        torch.testing.assert_close(lay(x), x @ (pristine[n] + lay.scaling * every).T)
+        assert lay.merged == 1
 
 
 # --- smolora --------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from torch import nn
 from mmcl.data.benchmarks import Task
 from mmcl.methods import register
 from mmcl.methods.base import Method
+from mmcl.methods.folded_loras import FoldedLoras
 from mmcl.methods.lora_ft import LoraOptions
-from mmcl.models.base import Batch, LoraSpec, Outputs
+from mmcl.models.base import Batch, Outputs
 
 
 class OLoraOptions(LoraOptions):
@@ -47,26 +48,20 @@ class OLora(Method):
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
-        self.learned = 0  # tasks whose LoRA is folded into `past`
-        self.past: str | None = None  # the earlier tasks' LoRAs, side by side
+        self.folded = FoldedLoras(backbone, self.opts.lora)  # the earlier tasks' LoRAs
         self.current: str | None = None  # the LoRA of the task in training
         # Per A-matrix width: (earlier A's stacked (L, R, d), the current A parameters).
         self._groups: list[tuple[torch.Tensor, list[nn.Parameter]]] = []
         self.orth_at_end: list[float] = []  # unweighted loss when each task ends (diagnostic)
 
     def _activate(self) -> None:
-        self.backbone.use_adapters([n for n in (self.past, self.current) if n])
-
-    def _past_spec(self, tasks: int) -> LoraSpec:
-        """The LoRA of `tasks` earlier tasks side by side: their ranks summed, the same scale."""
-        lora = self.opts.lora
-        return lora.model_copy(update={"r": lora.r * tasks, "alpha": lora.alpha * tasks})
+        self.backbone.use_adapters(self.folded.active(self.current))
 
     def _stack_groups(self) -> None:
         """Per layer, the earlier LoRAs' A matrices (already stacked); layers grouped by width."""
         groups: dict[int, tuple[list[torch.Tensor], list[nn.Parameter]]] = {}
-        if self.past:
-            earlier = self.backbone.lora_factors(self.past)
+        if self.folded.past:
+            earlier = self.backbone.lora_factors(self.folded.past)
             for layer, (a, _) in self.backbone.lora_factors(self.current).items():
                 olds, curs = groups.setdefault(a.shape[1], ([], []))
                 olds.append(earlier[layer][0].detach())
@@ -99,34 +94,22 @@ class OLora(Method):
         with torch.no_grad():
             self.orth_at_end.append(round(float(self.orthogonality()), 6))
         self._groups = []
-        self.learned += 1
-        folded = [n for n in (self.past, self.current) if n]
-        self.past, self.current = f"tasks0to{step}", None
-        self.backbone.stack_loras(folded, self.past, self._past_spec(self.learned))
+        self.folded.fold(self.current, step)
+        self.current = None
         self._activate()
         self.backbone.set_trainable({})  # peft's switch made the active adapter trainable
 
     def report(self) -> dict:
-        return {"adapters": self.learned, "orthogonality_at_task_end": self.orth_at_end}
+        return {"adapters": self.folded.learned, "orthogonality_at_task_end": self.orth_at_end}
 
     # --- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        # The folded LoRA is kept here: no task's training touched its weights.
-        weights = self.backbone.adapter_parameters(self.past) if self.past else {}
-        return {
-            "learned": self.learned,
-            "past": self.past,
-            "weights": {n: p.detach().clone() for n, p in weights.items()},
-            "orth_at_end": list(self.orth_at_end),
-        }
+        return {**self.folded.state_dict(), "orth_at_end": list(self.orth_at_end)}
 
     def load_state_dict(self, state: dict) -> None:
         """Re-add the earlier tasks' LoRA with its weights, frozen."""
-        self.learned = int(state.get("learned") or 0)
-        self.past = state.get("past")
         self.orth_at_end = list(state.get("orth_at_end") or [])
-        if self.past:
-            self.backbone.add_lora(self.past, self._past_spec(self.learned))
-            self.backbone.load_adapter(self.past, state["weights"])
+        self.folded.load_state_dict(state)
+        if self.folded.past:
             self._activate()
             self.backbone.set_trainable({})

@@ -3,10 +3,11 @@ arXiv 2505.02486), as MCITlib runs it.
 
 - RegLoRA (essential forgetting): each task trains a fresh LoRA on top of the earlier ones,
   which stay active and frozen (the same model as the reference's merging of each task's LoRA
-  into the base). After a task, the key elements of its update dW = B A, the `key_fraction`
-  (2%) of entries largest in magnitude in every adapted layer, join those of the earlier tasks;
-  while a later task trains, reg_weight · mean over layers of mean |dW_new| at the key
-  elements keeps its update off them (2.5e3, the reference's weight on the same mean).
+  into the base), folded into one LoRA (folded_loras.py), so a pass runs two LoRAs. After a
+  task, the key elements of its update dW = B A, the `key_fraction` (2%) of entries largest in
+  magnitude in every adapted layer, join those of the earlier tasks; while a later task
+  trains, reg_weight · mean over layers of mean |dW_new| at the key elements keeps its update
+  off them (2.5e3, the reference's weight on the same mean).
 - Answer Style Diversification (superficial forgetting): a fraction of each task's training
   samples is rewritten into another answer style, so that no task teaches the model one answer
   format only. mmcl rewrites by rule, into the two styles a rule can make from a task's own
@@ -31,6 +32,7 @@ from mmcl.data.records import Record
 from mmcl.io import derive_seed
 from mmcl.methods import register
 from mmcl.methods.base import Method
+from mmcl.methods.folded_loras import FoldedLoras
 from mmcl.methods.lora_ft import LoraOptions
 from mmcl.models.base import Batch, Outputs
 
@@ -79,7 +81,8 @@ class Sefe(Method):
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
-        self.adapters: list[str] = []
+        self.folded = FoldedLoras(backbone, self.opts.lora)  # the earlier tasks' LoRAs
+        self.current: str | None = None  # the LoRA of the task in training
         self.key_masks: dict[str, torch.Tensor] = {}  # layer name -> bool (out, in), all tasks
         self.rewritten: list[int] = []  # per task: samples rewritten into another style
         self.unchanged: list[int] = []  # per task: samples chosen that no style could take
@@ -105,17 +108,16 @@ class Sefe(Method):
         return {n: b @ a for n, (a, b) in self.backbone.lora_factors(name).items()}
 
     def before_task(self, task: Task, step: int) -> None:
-        name = f"task{step}"
-        self.backbone.add_lora(name, self.opts.lora)
-        self.adapters.append(name)
-        self.backbone.use_adapters(list(self.adapters))
-        self.backbone.set_trainable(self.backbone.adapter_parameters(name))
+        self.current = f"task{step}"
+        self.backbone.add_lora(self.current, self.opts.lora)
+        self.backbone.use_adapters(self.folded.active(self.current))
+        self.backbone.set_trainable(self.backbone.adapter_parameters(self.current))
 
     def regularisation(self) -> torch.Tensor:
         """mean over layers of mean |dW| of the current LoRA at the earlier key elements."""
         terms = [
             d.abs()[self.key_masks[n].to(d.device)].mean()
-            for n, d in self.deltas(self.adapters[-1]).items()
+            for n, d in self.deltas(self.current).items()
             if n in self.key_masks
         ]
         return torch.stack(terms).mean() if terms else torch.zeros(())
@@ -127,19 +129,23 @@ class Sefe(Method):
 
     @torch.no_grad()
     def after_task(self, task: Task, step: int) -> None:
-        """Freeze the task's LoRA; its key elements join the earlier ones."""
-        self.backbone.set_trainable({})
-        for n, d in self.deltas(self.adapters[-1]).items():
+        """Freeze the task's LoRA, fold it into the earlier ones'; its key elements join
+        theirs."""
+        for n, d in self.deltas(self.current).items():
             d = d.abs().float().cpu()
             k = max(1, int(self.opts.key_fraction * d.numel()))
             mask = torch.zeros(d.numel(), dtype=torch.bool)
             mask[d.flatten().topk(k).indices] = True
             mask = mask.view_as(d)
             self.key_masks[n] = mask | self.key_masks[n] if n in self.key_masks else mask
+        self.folded.fold(self.current, step)
+        self.current = None
+        self.backbone.use_adapters(self.folded.active(None))
+        self.backbone.set_trainable({})  # peft's switch made the active adapter trainable
 
     def report(self) -> dict[str, Any]:
         return {
-            "adapters": len(self.adapters),
+            "adapters": self.folded.learned,
             "key_elements": int(sum(int(m.sum()) for m in self.key_masks.values())),
             "asd_rewritten": list(self.rewritten),
             "asd_unchanged": list(self.unchanged),
@@ -148,21 +154,19 @@ class Sefe(Method):
     # --- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "adapters": list(self.adapters),
+            **self.folded.state_dict(),
             "key_masks": {n: m.clone() for n, m in self.key_masks.items()},
             "rewritten": list(self.rewritten),
             "unchanged": list(self.unchanged),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Re-add every task's LoRA (their weights load afterwards), all frozen and active."""
-        self.adapters = list(state.get("adapters") or [])
+        """Re-add the earlier tasks' folded LoRA with its weights, frozen and active."""
         masks = state.get("key_masks") or {}
         self.key_masks = {n: m.bool() for n, m in masks.items()}
         self.rewritten = list(state.get("rewritten") or [])
         self.unchanged = list(state.get("unchanged") or [])
-        for name in self.adapters:
-            self.backbone.add_lora(name, self.opts.lora)
-        if self.adapters:
-            self.backbone.use_adapters(list(self.adapters))
+        self.folded.load_state_dict(state)
+        if self.folded.past:
+            self.backbone.use_adapters(self.folded.active(None))
             self.backbone.set_trainable({})
