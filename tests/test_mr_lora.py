@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,9 @@ from mmcl.data.benchmarks import TaskSpec, get_benchmark
 from mmcl.errors import MmclError
 from mmcl.methods import make_method
 from mmcl.methods.mr_lora import MrLora
+from mmcl.methods.router_samples import balanced_set
 from mmcl.models.base import LoraSpec
+from mmcl.models.last_position import LastPositionLayer
 from mmcl.pretraining.base import pretrained_backbone
 from mmcl.runner import Run
 
@@ -112,13 +115,20 @@ def test_mixed_adapter_batch_equals_per_sample_inference(micro_stream):
     with torch.no_grad():
         mixed_logits = backbone.forward(batch, adapter_names=routes).logits
     mixed = backbone.generate(batch, adapter_names=routes, max_new_tokens=6)
-    with backbone.rows_adapted(routes) as kw:  # generate's path: batched per-row matmuls
-        assert kw == {}
-        with torch.no_grad():
-            torch.testing.assert_close(backbone.forward(batch).logits, mixed_logits)
-    backbone.add_lora("wide", LoraSpec(r=8))  # another rank: peft's mixed batches serve
-    with backbone.rows_adapted([*routes[:-1], "wide"]) as kw:
-        assert kw == {"adapter_names": [*routes[:-1], "wide"]}
+    order = sorted(range(len(routes)), key=routes.__getitem__)
+    moved = backbone.reordered(batch, order)  # generate's path: each adapter's rows a slice
+    for b, names, want in ((batch, routes, mixed_logits), (moved, sorted(routes), None)):
+        with backbone.rows_adapted(names) as kw, torch.no_grad():
+            assert kw == {}  # one pair of matmuls per adapter, not peft's split
+            got = backbone.forward(b).logits
+        torch.testing.assert_close(got, mixed_logits[order] if want is None else want)
+    backbone.add_lora("wide", LoraSpec(r=8))  # another rank
+    wide = [*routes[:-1], "wide"]
+    with torch.no_grad():
+        peft_path = backbone.forward(batch, adapter_names=wide).logits
+        with backbone.rows_adapted(wide) as kw:
+            assert kw == {}
+            torch.testing.assert_close(backbone.forward(batch).logits, peft_path)
     backbone.remove_adapter("wide")
     single, per_adapter = [], set()
     for k, (rec, name) in enumerate(zip(records, routes, strict=True)):
@@ -185,6 +195,14 @@ def test_router_prefix_cache_equals_a_full_forward(micro_stream):
         shallow = backbone.next_token_logits(batch)
         assert torch.allclose(shallow, backbone.forward(batch).logits[:, -1], atol=1e-4)
     assert not torch.allclose(shallow, full, atol=1e-2)
+    for n, whole in ((1, shallow), (None, full)):  # the last layer at the last position only
+        with backbone.first_layers(n, read_last=True):
+            assert isinstance(backbone.core.lm.model.layers[-1], LastPositionLayer)
+            assert torch.allclose(backbone.next_token_logits(batch), whole, atol=1e-4)
+            with backbone.sharing_prefix(shared):  # after a base-read prefix's cache, too
+                read_last = backbone.next_token_logits(batch)
+        with backbone.sharing_prefix(shared), backbone.first_layers(n):
+            assert torch.allclose(read_last, backbone.next_token_logits(batch), atol=1e-4)
     assert len(backbone.core.lm.model.layers) > 1  # whole again
 
 
@@ -242,12 +260,27 @@ def test_router_trains_on_a_fixed_budget_per_step(micro_stream):
     prompts = [r.prompt for r in records]
     assert prompts == [r.prompt for r in method.router_records(1)]  # seeded
     assert prompts[5:] != [r.prompt for r in method.router_records(2)][5:]  # a draw per step
-    # Fewer earlier samples than `router_replay`: all of them, the set repeated to the size
-    # it has later (the same number of batches every step).
+    # Fewer earlier samples than their share: repeated, each answer weighing alike (the new
+    # one gets the odd sample), so every step runs the same number of batches.
     method.opts = method.opts.model_copy(update={"router_replay": 8})
     answers = [r.turns[-1][1] for r in method.router_records(1)]
     gui, ocr = method.letter("gui"), method.letter("ocr")
-    assert answers == [gui] * 5 + [ocr] * 5 + [gui] * 3
+    assert answers == [gui] * 7 + [ocr] * 6
+
+
+def test_router_set_gives_each_answer_an_equal_share():
+    """A revisit's earlier visits do not add to its answer's weight; a new task's samples are
+    all in even where they exceed an equal share."""
+    rng = np.random.default_rng(0)
+    pools = {"a": list("aaaaaaaa"), "b": list("bbbb"), "c": list("cccc")}  # "a" visited twice
+    chosen = balanced_set(list("AAAA"), pools, "a", 12, rng)
+    assert sorted(chosen) == sorted("AAAA" + "bbbb" + "cccc")
+    chosen = balanced_set(list("AAAA"), pools, "a", 15, rng)
+    assert sorted(chosen) == sorted("AAAA" + "a" + "bbbbb" + "ccccc")
+    chosen = balanced_set(list("DDDDDD"), pools, "d", 9, rng)  # a new answer, large
+    assert sorted(chosen) == sorted("DDDDDD" + "a" + "b" + "c")
+    chosen = balanced_set(list("AB"), {}, "x", 5, rng)  # the first step: repeated to size
+    assert chosen[:2] == ["A", "B"] and sorted(chosen) in (list("AAABB"), list("AABBB"))
 
 
 def test_experts_that_share_a_description_are_one_choice(micro_stream):

@@ -16,7 +16,7 @@ def routed_inference(backbone: Backbone, tasks: list[Task], p: BenchPreset) -> d
     With the mr-lora method, its experts and router are trained for a few batches (speed, not
     accuracy) and its own `measure_cost` compares the two paths on the same batches. Without it,
     this measures what routing costs at the model level: batches whose rows go to different
-    LoRA experts (peft `adapter_names`) against single-adapter batches."""
+    LoRA experts (`Backbone.generate` with `adapter_names`) against single-adapter batches."""
     from mmcl.methods import all_methods, make_method
 
     n, bs = p.new_tokens, p.eval_batch
@@ -68,7 +68,7 @@ def routed_inference(backbone: Backbone, tasks: list[Task], p: BenchPreset) -> d
         t_routed, _ = timed(routed)
     return {
         "how": f"mr-lora not available: {p.adapters} LoRA experts mixed in each batch "
-        "(peft adapter_names) vs one adapter",
+        "(generate with adapter_names) vs one adapter",
         "samples": len(records),
         "single_samples_per_s": round(len(records) / t_single, 2),
         "routed_samples_per_s": round(len(records) / t_routed, 2),

@@ -7,21 +7,20 @@ task only (no other adapter active) and frozen once its task is over.
 Router (`router: mllm`, the paper's): another LoRA on the same base model, trained on a few
 samples per seen task (their record ids are kept) to answer a prompt that lists each expert's
 letter and its task's one-line description with the letter of the expert that should answer.
-After every task it trains on (warm start) on the new task's samples and a fixed-size seeded
-draw of the earlier ones (all of them, repeated to that size, while fewer exist). The expert
-list that every routing prompt starts with is read by the base model once per step, its keys
-and values kept (`Backbone.sharing_prefix(base_prefix)`); the router's LoRA reads the question
-and media after it, in training and at test time alike. So the router's cost per step does not
-grow with the number of earlier tasks. At test time one batched forward pass of the router
-scores the seen experts' letters as its next answer token, and the best-scored expert answers
-(mixed batches: `Backbone.generate` with `adapter_names`); when the router's top token is no
-letter, the best letter is the deterministic fallback, and such samples are counted.
+After every task it trains on (warm start) on a set of fixed size: the new task's samples and
+a seeded draw of earlier ones in which every answer weighs alike (router_samples.py). The
+expert list that opens every routing prompt is read by the base model once per step, its keys
+and values kept (`Backbone.sharing_prefix(base_prefix)`), in training and at test time alike:
+the router's cost per step does not grow with the number of earlier tasks. At test time one
+batched pass of the router scores the seen experts' letters as its next token and the best
+expert answers (mixed batches: `Backbone.generate` with `adapter_names`); when its top token is
+no letter, the best letter is the deterministic fallback, and such samples are counted.
 
 Routing shares work with answering: the media features are encoded once per batch for the
-router and the expert (not with a vision LoRA). The rest cannot be shared (router and experts
-put LoRA on every LM layer), so the router's pass is made cheaper: by default (`router_depth`
-0.5, a departure from the paper's whole-LM router) it answers after the first half of the LM's
-decoder layers (either router kind). `router: prototype` is in prototype_router.py.
+router and the expert (not with a vision LoRA). The rest cannot be shared (both put LoRA on
+every LM layer), so the router's pass is cheaper: by default it reads the first `router_depth`
+(0.25; the paper's is 1, the whole LM) of the decoder layers, the last of them for the letter's
+position only (last_position.py). `router: prototype` is in prototype_router.py.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from mmcl.io import derive_seed
 from mmcl.methods import register
 from mmcl.methods.base import Method, MethodOptions
 from mmcl.methods.prototype_router import nearest_prototype, pooled_states, prototype_metric
+from mmcl.methods.router_samples import balanced_set
 from mmcl.methods.routing_cost import routing_cost
 from mmcl.models.base import Batch, LoraSpec
 from mmcl.train import TrainSettings, train
@@ -59,7 +59,7 @@ class MrLoraOptions(MethodOptions):
     )
     router_lora: LoraSpec = Field(default_factory=LoraSpec, description="the router's LoRA")
     router_depth: float = Field(
-        0.5,
+        0.25,
         gt=0,
         le=1,
         description="share of the LM's decoder layers the router (either kind) reads before "
@@ -174,17 +174,17 @@ class MrLora(Method):
 
     # --- the MLLM router --------------------------------------------------------------------
     def router_records(self, step: int) -> list[Record]:
-        """The router's training set after `step`: the new task's routing samples and a seeded
-        draw of `router_replay` earlier ones, the same size whatever came before."""
+        """The router's training set after `step`, the same size whatever came before: every
+        routing sample of the new task and `router_replay` earlier ones, drawn (seeded) so
+        that each answer the router can give gets an equal share (router_samples.py)."""
         new = self.experts[-1]
-        earlier = [(n, r) for n in self.experts[:-1] for r in self.samples[n]]
+        pools: dict[str, list[tuple[str, Record]]] = {}
+        for n in self.experts[:-1]:
+            pools.setdefault(self.answering(n), []).extend((n, r) for r in self.samples[n])
+        fresh = [(new, r) for r in self.samples[new]]
         rng = np.random.default_rng(derive_seed(self.seed, "router-replay", step))
-        k = min(self.opts.router_replay, len(earlier))
-        drawn = [earlier[int(i)] for i in sorted(rng.choice(len(earlier), size=k, replace=False))]
-        chosen = [(new, r) for r in self.samples[new]] + drawn
-        # Fewer earlier samples early on: the set is repeated up to its later size.
-        size = len(self.samples[new]) + self.opts.router_replay
-        chosen = [chosen[i % len(chosen)] for i in range(max(size, len(chosen)))]
+        size = len(fresh) + self.opts.router_replay
+        chosen = balanced_set(fresh, pools, self.answering(new), size, rng)
         return [self.routing_record(r, self.letter(self.answering(n))) for n, r in chosen]
 
     def answering(self, task: str) -> str:
@@ -218,11 +218,11 @@ class MrLora(Method):
         return self.backbone.layers_of_share(self.opts.router_depth, "method.router_depth")
 
     @contextmanager
-    def _routing(self) -> Iterator[None]:
-        """Within: the router's passes (training and answering): the expert list read by the
-        base model once, then the first `router_layers()` layers."""
-        backbone, depth = self.backbone, self.router_layers()
-        with backbone.sharing_prefix(self.expert_list()), backbone.first_layers(depth):
+    def _routing(self, answering: bool = False) -> Iterator[None]:
+        """Within: the router's passes: the expert list read by the base model once, then the
+        first `router_layers()` layers (answering: the last for the letter's position only)."""
+        bb, depth = self.backbone, self.router_layers()
+        with bb.sharing_prefix(self.expert_list()), bb.first_layers(depth, read_last=answering):
             yield
 
     def activate(self) -> None:  # adapters on (mixed-adapter generation), nothing trainable
@@ -256,7 +256,7 @@ class MrLora(Method):
             routing.encoded = batch.encoded  # the same media, in the same order
         routing = routing.with_suffix(prefix)
         self.backbone.use_adapters(ROUTER)
-        with self._routing():
+        with self._routing(answering=True):
             logits = self.backbone.next_token_logits(routing).float()
         named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))
         return logits[:, firsts].cpu(), named.cpu()

@@ -19,7 +19,8 @@ from torch import nn
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
 from mmcl.models.batch import IGNORE, Batch, Outputs, answer_loss, is_per_token
-from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex
+from mmcl.models.last_position import reading_last
+from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex, row_groups
 
 # Re-exported: backbones and methods import these from here.
 __all__ = ["IGNORE", "Backbone", "Batch", "LoraSpec", "Outputs", "is_per_token", "lm_linear_regex"]
@@ -115,19 +116,25 @@ class Backbone(LoraAdapters, ABC):
         return max(1, round(share * len(body.layers)))
 
     @contextmanager
-    def first_layers(self, n: int | None) -> Iterator[None]:
+    def first_layers(self, n: int | None, read_last: bool = False) -> Iterator[None]:
         """Within: the language model runs only its first `n` decoder layers, then its final
-        norm and head (a shallow pass, e.g. a router's); None leaves it whole."""
-        if n is None:
+        norm and head (a shallow pass, e.g. a router's); None leaves it whole. `read_last`:
+        only each row's last position is read (next-token scores), so the last layer runs
+        that position alone where its structure allows (last_position.py)."""
+        body = self._decoder()
+        if n is None and (not read_last or body is None):
             yield
             return
-        body = self._decoder()
         if body is None:
             raise MmclError(f"{type(self).__name__} cannot run part of its language model")
         layers = body.layers
+        n = len(layers) if n is None else n
         if not 1 <= n <= len(layers):
             raise MmclError(f"the language model has {len(layers)} layers; cannot run {n}")
-        body.layers = layers[:n]
+        kept = layers[:n]
+        if read_last:
+            kept = nn.ModuleList([*kept[:-1], reading_last(kept[-1])])
+        body.layers = kept
         try:
             yield
         finally:
@@ -184,12 +191,28 @@ class Backbone(LoraAdapters, ABC):
         min_new_tokens: int = 0,
     ) -> list[str]:
         """Greedy answers for a prompt-only batch (KV-cached, one call for the whole batch);
-        `min_new_tokens` holds the end of the answer back until that many tokens."""
+        `min_new_tokens` holds the end of the answer back until that many tokens. Rows of
+        one adapter are first made contiguous, where the backbone can reorder a batch, so
+        that each adapter's LoRA runs on a slice of the batch (`rows_routed`)."""
+        scattered = adapter_names and any(
+            isinstance(r, list) for r in row_groups(adapter_names).values()
+        )
+        if scattered:
+            order = sorted(range(len(batch)), key=adapter_names.__getitem__)
+            moved = self.reordered(batch, order)
+            if moved is not None:
+                names = [adapter_names[i] for i in order]
+                answers = self.generate(moved, names, max_new_tokens, min_new_tokens)
+                return [a for _, a in sorted(zip(order, answers, strict=True))]
         with self.eval_mode(), self.rows_adapted(adapter_names) as kw:
             if min_new_tokens:
                 kw = {**kw, "min_new_tokens": min_new_tokens}
             out = self._generate(batch, max_new_tokens or self.max_new_tokens, **kw)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def reordered(self, batch: Batch, order: list[int]) -> Batch | None:
+        """`batch` with its rows in `order`; None where this backbone cannot move its media."""
+        return None
 
     def input_embeddings(self) -> nn.Embedding:
         """The language model's token embedding: its width is that of the hidden states, and

@@ -166,6 +166,23 @@ class ComposedBackbone(Backbone):
         self._recent = recent
         return Batch(list(records), ids, mask, labels if train else None, media)
 
+    def reordered(self, batch: Batch, order: list[int]) -> Batch:
+        """`batch` with its rows in `order`; each modality's media items (in record order,
+        so many per record) move with their records."""
+        moved = {}
+        for m in batch.media:
+            ends = np.cumsum([len(r.media.get(m, ())) for r in batch.records]).tolist()
+            starts = [0, *ends[:-1]]
+            moved[m] = torch.tensor([i for k in order for i in range(starts[k], ends[k])])
+        return Batch(
+            [batch.records[k] for k in order],
+            batch.input_ids[order],
+            batch.attention_mask[order],
+            None if batch.labels is None else batch.labels[order],
+            {m: x[moved[m].to(x.device)] for m, x in batch.media.items()},
+            {m: x[moved[m].to(x.device)] for m, x in batch.encoded.items()},
+        )
+
     def _shared_length(self, rows: list[torch.Tensor]) -> int:
         """How many leading tokens every row shares (up to its first media token; e.g. a
         router's list of experts), each row keeping a token of its own; 0 if fewer than 2.

@@ -253,47 +253,63 @@ class LoraAdapters:
         return lora_factors(self.core, name) if name in self.adapters else {}
 
 
-def _row_routed_forward(layer: LoraLinear, names: list[str], a: torch.Tensor, b: torch.Tensor):
-    """A LoRA layer's forward where row i of the batch goes through adapter `names[i]`: `a`
-    (B, r, d) and `b` (B, out, r), the scale folded in, gathered once per call (an input that
-    is not one row per sample, e.g. a vision encoder's, takes peft's path)."""
+def _grouped_forward(layer: LoraLinear, names: list[str], groups: list[tuple]):
+    """A LoRA layer's forward where each group of rows (a slice where they are contiguous,
+    else an index) goes through its adapter's A and B (the scale folded into B) as one pair
+    of matmuls; rows of no group get none. An input that is not one row per sample (e.g. a
+    vision encoder's) takes peft's path."""
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[0] != a.shape[0]:  # not one row per sample (media)
+        if x.dim() != 3 or x.shape[0] != len(names):  # not one row per sample (media)
             return layer._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
         out = layer.base_layer(x, *args, **kwargs)
-        return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)).to(out.dtype)
+        for rows, a, b in groups:
+            if isinstance(rows, slice):
+                out[rows] += ((x[rows] @ a.T) @ b.T).to(out.dtype)
+            else:
+                out.index_add_(0, rows, ((x.index_select(0, rows) @ a.T) @ b.T).to(out.dtype))
+        return out
 
     return forward
 
 
+def row_groups(adapter_names: list[str]) -> dict[str, slice | list[int]]:
+    """Per adapter (not BASE), its rows: a slice where they are contiguous, else a list."""
+    rows: dict[str, list[int]] = {}
+    for i, n in enumerate(adapter_names):
+        if n != BASE:
+            rows.setdefault(n, []).append(i)
+    return {n: slice(r[0], r[-1] + 1) if r[-1] - r[0] + 1 == len(r) else r for n, r in rows.items()}
+
+
 @contextmanager
 def rows_routed(model: nn.Module, adapter_names: list[str]) -> Iterator[bool]:
-    """Within: every LoRA layer of `model` gives row i of a batch adapter `adapter_names[i]`
-    with two batched matmuls (each row's A and B gathered once, here), where peft's mixed
-    batches split every layer's input into a sub-batch per adapter at every step. Yields
-    False, changing nothing, where that does not hold: adapters of different ranks, an
-    adapter missing from a layer, or adapted modules that are not LoRA linear layers (trained
-    copies, embeddings); peft's `adapter_names` path serves those."""
-    names = sorted(set(adapter_names) - {BASE})  # rows named BASE get no update
+    """Within: every LoRA layer of `model` gives row i of a batch adapter `adapter_names[i]`,
+    one pair of matmuls per adapter on its rows (a slice, no copy, where they are contiguous:
+    `Backbone.generate` orders them so), where peft's mixed batches copy every adapter's
+    sub-batch out and back in at every layer and step. Yields False, changing nothing, where
+    that does not hold: an adapter missing from a layer, or adapted modules that are not LoRA
+    linear layers (trained copies, embeddings); peft's `adapter_names` path serves those."""
+    groups = row_groups(adapter_names)
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer | ModulesToSaveWrapper)]
-    usable = names and all(
-        isinstance(m, LoraLinear)
-        and all(n in m.lora_A for n in names)
-        and len({m.lora_A[n].weight.shape[0] for n in names}) == 1
-        and not m.merged
+    usable = groups and all(
+        isinstance(m, LoraLinear) and all(n in m.lora_A for n in groups) and not m.merged
         for m in layers
     )
     if not layers or not usable:
         yield False
         return
     for m in layers:
-        a = torch.stack([m.lora_A[n].weight for n in names])
-        b = torch.stack([m.lora_B[n].weight * m.scaling[n] for n in names])
-        a, b = torch.cat([a, a.new_zeros(a[:1].shape)]), torch.cat([b, b.new_zeros(b[:1].shape)])
-        rows = [names.index(n) if n != BASE else len(names) for n in adapter_names]
-        rows = torch.tensor(rows, device=a.device)
-        m.forward = _row_routed_forward(m, adapter_names, a[rows], b[rows])
+        dev = m.lora_A[next(iter(groups))].weight.device
+        parts = [
+            (
+                rows if isinstance(rows, slice) else torch.tensor(rows, device=dev),
+                m.lora_A[n].weight,
+                m.lora_B[n].weight * m.scaling[n],
+            )
+            for n, rows in groups.items()
+        ]
+        m.forward = _grouped_forward(m, adapter_names, parts)
     try:
         yield True
     finally:
