@@ -159,7 +159,7 @@ class LoraAdapters:
     def rows_adapted(self, adapter_names: list[str] | None) -> Iterator[dict]:
         """Within: forward passes give row i adapter `adapter_names[i]` (None: the active
         adapters). Yields the keyword arguments a forward or generate call then takes: none
-        when batched per-row matmuls serve (`rows_routed`), else peft's `adapter_names`."""
+        when per-adapter matmuls on its rows serve (`rows_routed`), else peft's `adapter_names`."""
         if adapter_names is None:
             yield {}
             return
