@@ -277,6 +277,18 @@ def test_a_failed_cell_is_reported_and_retried(grid_config, tmp_path):
     assert (out / "zero-shot" / "seed0-order1" / "results.json").exists()
 
 
+def test_the_reference_may_finish_last(grid_config, tmp_path):
+    """Cells finish in any order (Ray's): the comparison written while others run leaves out
+    the paired differences until the reference has a cell, then has them."""
+    out = tmp_path / "grid"
+    args = ["compare", "-c", str(grid_config), "--methods", "lora-ft,zero-shot", "--seeds", "0"]
+    args += ["--orders", "1", "--reference", "zero-shot", "--out", str(out), "--workers", "1"]
+    res = runner.invoke(app, args)  # one worker: lora-ft's cell finishes first
+    assert res.exit_code == 0, res.output
+    assert res.output.index("[1/2] lora-ft") < res.output.index("[2/2] zero-shot")
+    assert "Paired differences against zero-shot" in (out / "comparison.md").read_text()
+
+
 def test_a_grid_being_run_is_not_run_twice(grid_config, tmp_path):
     import fcntl
 

@@ -132,15 +132,24 @@ def _lock(out: Path) -> Iterator[None]:
 
 
 def _write_comparison(
-    spec: GridSpec, cells: list[Cell], orders: list[list[str]], failed: list[tuple[Cell, str]]
+    spec: GridSpec,
+    cells: list[Cell],
+    orders: list[list[str]],
+    failed: list[tuple[Cell, str]],
+    partial: bool = False,
 ) -> str:
-    """The comparison of every finished cell so far (rewritten as cells finish)."""
+    """The comparison of every finished cell so far (rewritten as cells finish; `partial`:
+    while others run, so without paired differences until the reference has a cell: cells
+    finish in any order)."""
     from mmcl.grid.report import write_grid_comparison
 
     results = [read_json(c.folder / "results.json") for c in cells if c.finished]
     if not results:
         return "no cell has finished yet"
-    return write_grid_comparison(spec.out, results, orders, spec.reference, failed)
+    reference = spec.reference
+    if partial and reference not in {r["method"] for r in results}:
+        reference = None
+    return write_grid_comparison(spec.out, results, orders, reference, failed)
 
 
 def run_grid(spec: GridSpec, say: Callable[[str], None] = print) -> GridOutcome:
@@ -197,7 +206,7 @@ def _run_cells(
                     f"[{i}/{len(todo)}] {cell.name}: MFN {m['mfn']:.2f}, BWT {m['bwt']:.2f} "
                     f"({outcome['seconds']:.0f} s)"
                 )
-                _write_comparison(spec, cells, orders, failed)
+                _write_comparison(spec, cells, orders, failed, partial=True)
             else:
                 failed.append((cell, outcome["error"]))
                 say(f"[{i}/{len(todo)}] {cell.name} FAILED: {outcome['error']}")
