@@ -26,6 +26,10 @@ class FoldedLoras:
         """The adapters a pass runs: the folded ones and the current task's."""
         return [n for n in (self.past, current) if n]
 
+    def use(self, current: str | None) -> None:
+        """Activate the folded LoRA and `current` (peft's switch makes them trainable)."""
+        self.backbone.use_adapters(self.active(current))
+
     def fold(self, current: str, step: int) -> None:
         """Fold `current`, the finished task's LoRA, into the earlier ones' (frozen)."""
         folded = self.active(current)

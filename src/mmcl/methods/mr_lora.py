@@ -45,6 +45,7 @@ from mmcl.methods.prototype_router import nearest_prototype, pooled_states, prot
 from mmcl.methods.router_samples import balanced_set
 from mmcl.methods.routing_cost import routing_cost
 from mmcl.models.base import Batch, LoraSpec
+from mmcl.models.lora import BASE
 from mmcl.train import TrainSettings, train
 
 ROUTER = "router"  # the router's adapter name; no task may be called so
@@ -96,8 +97,8 @@ class MrLora(Method):
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
         names = [t.name for t in tasks]
-        if ROUTER in names or "__base__" in names:
-            raise MmclError(f"mr-lora: a task may not be named {ROUTER!r} or '__base__'")
+        if ROUTER in names or BASE in names:
+            raise MmclError(f"mr-lora: a task may not be named {ROUTER!r} or {BASE!r}")
         if len(names) > len(LETTERS):
             raise MmclError(f"mr-lora: at most {len(LETTERS)} experts (one letter each)")
         self.descriptions = {t.name: t.description for t in tasks}
@@ -177,22 +178,21 @@ class MrLora(Method):
         """The router's training set after `step`, the same size whatever came before: every
         routing sample of the new task and `router_replay` earlier ones, drawn (seeded) so
         that each answer the router can give gets an equal share (router_samples.py)."""
-        new = self.experts[-1]
+        *earlier, new = self.experts
+        letter = {n: self.letter(self.answering(n)) for n in self.experts}
         pools: dict[str, list[tuple[str, Record]]] = {}
-        for n in self.experts[:-1]:
-            pools.setdefault(self.answering(n), []).extend((n, r) for r in self.samples[n])
+        for n in earlier:
+            pools.setdefault(letter[n], []).extend((n, r) for r in self.samples[n])
         fresh = [(new, r) for r in self.samples[new]]
         rng = np.random.default_rng(derive_seed(self.seed, "router-replay", step))
         size = len(fresh) + self.opts.router_replay
-        chosen = balanced_set(fresh, pools, self.answering(new), size, rng)
-        return [self.routing_record(r, self.letter(self.answering(n))) for n, r in chosen]
+        chosen = balanced_set(fresh, pools, letter[new], size, rng)
+        return [self.routing_record(r, letter[n]) for n, r in chosen]
 
     def answering(self, task: str) -> str:
         """The expert the router is taught to name for `task`'s samples: the newest with its
-        description (experts that share one, a scenario's visits, are one choice to a router
-        that reads descriptions; the newest saw the latest data). Usually the task's own."""
-        desc = self.descriptions
-        return [n for n in self.experts if desc[n] == desc[task]][-1]
+        description (a router reading descriptions sees a scenario's visits as one choice)."""
+        return [n for n in self.experts if self.descriptions[n] == self.descriptions[task]][-1]
 
     def _train_router(self, step: int) -> None:
         """Train the router LoRA (created at the first step, warm-started since) on

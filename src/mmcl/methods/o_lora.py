@@ -54,9 +54,6 @@ class OLora(Method):
         self._groups: list[tuple[torch.Tensor, list[nn.Parameter]]] = []
         self.orth_at_end: list[float] = []  # unweighted loss when each task ends (diagnostic)
 
-    def _activate(self) -> None:
-        self.backbone.use_adapters(self.folded.active(self.current))
-
     def _stack_groups(self) -> None:
         """Per layer, the earlier LoRAs' A matrices (already stacked); layers grouped by width."""
         groups: dict[int, tuple[list[torch.Tensor], list[nn.Parameter]]] = {}
@@ -71,7 +68,7 @@ class OLora(Method):
     def before_task(self, task: Task, step: int) -> None:
         self.current = f"task{step}"
         self.backbone.add_lora(self.current, self.opts.lora)
-        self._activate()
+        self.folded.use(self.current)
         self.backbone.set_trainable(self.backbone.adapter_parameters(self.current))
         self._stack_groups()
 
@@ -96,7 +93,7 @@ class OLora(Method):
         self._groups = []
         self.folded.fold(self.current, step)
         self.current = None
-        self._activate()
+        self.folded.use(self.current)
         self.backbone.set_trainable({})  # peft's switch made the active adapter trainable
 
     def report(self) -> dict:
@@ -111,5 +108,5 @@ class OLora(Method):
         self.orth_at_end = list(state.get("orth_at_end") or [])
         self.folded.load_state_dict(state)
         if self.folded.past:
-            self._activate()
+            self.folded.use(self.current)
             self.backbone.set_trainable({})

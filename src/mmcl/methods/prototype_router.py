@@ -11,6 +11,7 @@ import torch
 
 from mmcl.data.records import Record
 from mmcl.models.base import Backbone, Batch
+from mmcl.models.lora import BASE
 
 
 @torch.no_grad()
@@ -21,7 +22,7 @@ def pooled_states(
     first `layers` decoder layers, None: all), of `batch` or else of `records`."""
     if batch is None:
         batch = backbone.collate(records, train=False).to(backbone.device)
-    names = ["__base__"] * len(batch) if backbone.adapters else None
+    names = [BASE] * len(batch) if backbone.adapters else None
     with backbone.eval_mode(), backbone.first_layers(layers):
         out = backbone.forward(batch, adapter_names=names, hidden=True)
     return out.hidden.float()

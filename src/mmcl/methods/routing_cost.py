@@ -57,9 +57,10 @@ def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
     # Both paths start from the same prepared batch (media decoded once, as in serving);
     # the routed path encodes the media once for router and experts. Interleaved and
     # repeated, so that a change of machine load hits both alike.
+    lengths = [answer_length(chunk) for chunk in chunks]
     for _ in range(method.opts.cost_repeats):
-        for chunk in chunks:
-            batch, n = collate(chunk), answer_length(chunk)
+        for chunk, n in zip(chunks, lengths, strict=True):
+            batch = collate(chunk)  # afresh: routing stores its media features in the batch
             backbone.use_adapters(method.experts[-1])
             t0 = clock()
             backbone.generate(batch, max_new_tokens=n, min_new_tokens=n)

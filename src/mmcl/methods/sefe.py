@@ -110,7 +110,7 @@ class Sefe(Method):
     def before_task(self, task: Task, step: int) -> None:
         self.current = f"task{step}"
         self.backbone.add_lora(self.current, self.opts.lora)
-        self.backbone.use_adapters(self.folded.active(self.current))
+        self.folded.use(self.current)
         self.backbone.set_trainable(self.backbone.adapter_parameters(self.current))
 
     def regularisation(self) -> torch.Tensor:
@@ -140,7 +140,7 @@ class Sefe(Method):
             self.key_masks[n] = mask | self.key_masks[n] if n in self.key_masks else mask
         self.folded.fold(self.current, step)
         self.current = None
-        self.backbone.use_adapters(self.folded.active(None))
+        self.folded.use(None)
         self.backbone.set_trainable({})  # peft's switch made the active adapter trainable
 
     def report(self) -> dict[str, Any]:
@@ -168,5 +168,5 @@ class Sefe(Method):
         self.unchanged = list(state.get("unchanged") or [])
         self.folded.load_state_dict(state)
         if self.folded.past:
-            self.backbone.use_adapters(self.folded.active(None))
+            self.folded.use(None)
             self.backbone.set_trainable({})

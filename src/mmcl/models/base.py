@@ -20,7 +20,7 @@ from mmcl.data.records import Record
 from mmcl.errors import MmclError
 from mmcl.models.batch import IGNORE, Batch, Outputs, answer_loss, is_per_token
 from mmcl.models.last_position import reading_last
-from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex, row_groups
+from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex
 
 # Re-exported: backbones and methods import these from here.
 __all__ = ["IGNORE", "Backbone", "Batch", "LoraSpec", "Outputs", "is_per_token", "lm_linear_regex"]
@@ -194,12 +194,12 @@ class Backbone(LoraAdapters, ABC):
         `min_new_tokens` holds the end of the answer back until that many tokens. Rows of
         one adapter are first made contiguous, where the backbone can reorder a batch, so
         that each adapter's LoRA runs on a slice of the batch (`rows_routed`)."""
-        scattered = adapter_names and any(
-            isinstance(r, list) for r in row_groups(adapter_names).values()
-        )
-        if scattered:
-            order = sorted(range(len(batch)), key=adapter_names.__getitem__)
-            moved = self.reordered(batch, order)
+        if adapter_names:  # each adapter's rows together, in the order adapters first come
+            first: dict[str, int] = {}
+            for i, n in enumerate(adapter_names):
+                first.setdefault(n, i)
+            order = sorted(range(len(batch)), key=lambda i: first[adapter_names[i]])
+            moved = self.reordered(batch, order) if order != sorted(order) else None
             if moved is not None:
                 names = [adapter_names[i] for i in order]
                 answers = self.generate(moved, names, max_new_tokens, min_new_tokens)
