@@ -68,17 +68,20 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class VisualWords(nn.Module):
-    """The MLP plus linear heads whose class probabilities map to word embeddings."""
+    """The MLP plus linear heads whose class probabilities map to word embeddings, plus a
+    row and a column embedding per image token."""
 
-    def __init__(self, in_dim: int, out_dim: int, classes: list[int]):
+    def __init__(self, in_dim: int, out_dim: int, classes: list[int], side: int):
         super().__init__()
+        self.rows = nn.Parameter(torch.zeros(side, 1, out_dim))
+        self.cols = nn.Parameter(torch.zeros(1, side, out_dim))
         self.mlp = _mlp(in_dim, out_dim)
         self.heads = nn.ModuleList([nn.Linear(in_dim, n) for n in classes])
         self.words = nn.Linear(sum(classes), out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.cat([h(x).softmax(-1) for h in self.heads], dim=-1)
-        return self.mlp(x) + self.words(probs)
+        return self.mlp(x) + self.words(probs) + (self.rows + self.cols).flatten(0, 1)
 
 
 class VisionTower(nn.Module):
@@ -103,7 +106,12 @@ class MmclForConditionalGeneration(PreTrainedModel):
         self.lm = LlamaForCausalLM(text)
         self.encoders = nn.ModuleDict({"image": VisionTower(vision)})
         proj = (
-            VisualWords(vision.hidden_size, text.hidden_size, config.word_classes)
+            VisualWords(
+                vision.hidden_size,
+                text.hidden_size,
+                config.word_classes,
+                vision.image_size // vision.patch_size,
+            )
             if config.word_classes
             else _mlp(vision.hidden_size, text.hidden_size)
         )
