@@ -44,7 +44,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
-        32, 8, 64, 2, 2, 96, 2, 2, 192, 600, 3000, 1500, {"epochs": 1, "batch_size": 32, "lr": 3e-3}
+        32, 8, 64, 2, 2, 96, 2, 2, 192, 600, 6000, 3000, {"epochs": 1, "batch_size": 32, "lr": 3e-3}
     ),
     "tiny": Preset(
         64,
