@@ -66,8 +66,6 @@ def relight(img: Image.Image, rng: np.random.Generator) -> Image.Image:
         arr = arr * (1 - haze) + _tone(rng, 150, 256) * haze
     if rng.random() < 0.4:
         ly, lx = rng.uniform(0, 1, size=2)
-        arr = (
-            arr
-            * (rng.uniform(1.0, 1.2) - rng.uniform(0.2, 0.45) * np.hypot(y - ly, x - lx))[..., None]
-        )
+        light = rng.uniform(1.0, 1.2) - rng.uniform(0.2, 0.45) * np.hypot(y - ly, x - lx)
+        arr = arr * light[..., None]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
