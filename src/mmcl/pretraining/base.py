@@ -160,6 +160,21 @@ def position_probe(backbone: ComposedBackbone, pixels: torch.Tensor, seed: int) 
     return (probe(x[split:]).argmax(-1) == y[split:]).float().mean().item()
 
 
+@torch.no_grad()
+def heldout_accuracy(backbone: ComposedBackbone, records: list) -> dict[str, float]:
+    """Exact-match accuracy (%) of the base's answers per question form, on held-out scenes of
+    its own corpus: how well it does what it was taught. `describe` lists every object in
+    reading order, each once, which `ability`'s OCR builds on."""
+    answers = []
+    for i in range(0, len(records), 64):
+        batch = backbone.collate(records[i : i + 64], train=False)
+        answers += backbone.generate(batch, max_new_tokens=64)  # six objects described
+    hits: dict[str, list[bool]] = {}
+    for rec, answer in zip(records, answers, strict=True):
+        hits.setdefault(rec.meta["form"], []).append(answer == rec.answer)
+    return {form: 100 * sum(h) / len(h) for form, h in sorted(hits.items())}
+
+
 def init_visual_words(backbone: ComposedBackbone) -> None:
     """Point each class of the visual-word heads at the LM's embedding of the word that names it
     ("letter:A" -> "A", "red", "button"); classes that name nothing stay at zero."""
@@ -197,7 +212,7 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
         return pretrained_backbone(preset_name, seed)
     tokenizer = train_tokenizer(preset.vocab_size)
     backbone = build_backbone(preset, tokenizer, seed)
-    (task,) = PRETRAIN.load(seed, train_size=preset.vision_samples, test_size=50)
+    (task,) = PRETRAIN.load(seed, train_size=preset.vision_samples, test_size=1000)
     t0 = time.perf_counter()
     pixels, labels = cell_labels(backbone, task.train)
     vision_acc = pretrain_vision(backbone, pixels, labels, seed)
@@ -215,6 +230,7 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
     )
     stats.seconds = time.perf_counter() - t0
     probe = position_probe(backbone, pixels[-1000:], seed)
+    heldout = heldout_accuracy(backbone, [r for r in task.test if r.meta["clean"]])
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     write_json(
@@ -224,6 +240,7 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
             "seed": seed,
             "vision_cell_accuracy": vision_acc,
             "position_probe": probe,
+            "heldout_exact": heldout,
             "pretrain_seconds": stats.seconds,
             "pretrain_loss": stats.loss,
         },

@@ -1,0 +1,40 @@
+"""The base's own record of what it learned: held-out accuracy per question form."""
+
+from __future__ import annotations
+
+import json
+
+from mmcl.data.records import Record
+from mmcl.data.synth.pretrain import SCENE_QUESTIONS
+from mmcl.pretraining.base import cached_base_info, heldout_accuracy, pretrained_backbone
+
+
+class Echo:
+    """A backbone stand-in that answers from a table (prompt -> answer)."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+
+    def collate(self, records, train):
+        return records
+
+    def generate(self, batch, max_new_tokens):
+        return [self.answers[r.prompt] for r in batch]
+
+
+def test_heldout_accuracy_is_exact_match_per_form():
+    recs = [
+        Record(f"r{i}", ((f"q{i}", a),), meta={"form": f}, references=(a,))
+        for i, (f, a) in enumerate(
+            [("describe", "the letter A."), ("describe", "a red circle."), ("presence", "yes")]
+        )
+    ]
+    echo = Echo({"q0": "the letter A.", "q1": "a red circle; a red circle.", "q2": "yes"})
+    assert heldout_accuracy(echo, recs) == {"describe": 50.0, "presence": 100.0}
+
+
+def test_base_info_records_heldout_accuracy_of_every_form():
+    pretrained_backbone("micro")
+    info = json.loads(cached_base_info("micro", 0).read_text())
+    assert set(info["heldout_exact"]) == {form for form, _ in SCENE_QUESTIONS}
+    assert all(0 <= v <= 100 for v in info["heldout_exact"].values())
