@@ -24,7 +24,7 @@ class Echo:
 
 def test_heldout_accuracy_is_exact_match_per_form():
     recs = [
-        Record(f"r{i}", ((f"q{i}", a),), meta={"form": f}, references=(a,))
+        Record(f"r{i}", ((f"q{i}", a),), meta={"qtype": f}, references=(a,))
         for i, (f, a) in enumerate(
             [("describe", "the letter A."), ("describe", "a red circle."), ("presence", "yes")]
         )

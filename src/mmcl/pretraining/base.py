@@ -31,6 +31,7 @@ from mmcl.io import (
 )
 from mmcl.models.composed import ComposedBackbone
 from mmcl.models.tiny import SPECIALS, build_backbone, get_preset
+from mmcl.question_types import qtype_scores
 from mmcl.train import TrainSettings
 
 # Bump when the architecture code or the pretraining corpus changes meaning.
@@ -162,17 +163,14 @@ def position_probe(backbone: ComposedBackbone, pixels: torch.Tensor, seed: int) 
 
 @torch.no_grad()
 def heldout_accuracy(backbone: ComposedBackbone, records: list) -> dict[str, float]:
-    """Exact-match accuracy (%) of the base's answers per question form, on held-out scenes of
-    its own corpus: how well it does what it was taught. `describe` lists every object in
-    reading order, each once, which `ability`'s OCR builds on."""
+    """Exact-match accuracy (%) of the base's answers per question form (`qtype`), on held-out
+    scenes of its own corpus: how well it does what it was taught. `describe` lists every
+    object in reading order, each once, which `ability`'s OCR builds on."""
     answers = []
     for i in range(0, len(records), 64):
         batch = backbone.collate(records[i : i + 64], train=False)
         answers += backbone.generate(batch, max_new_tokens=64)  # six objects described
-    hits: dict[str, list[bool]] = {}
-    for rec, answer in zip(records, answers, strict=True):
-        hits.setdefault(rec.meta["form"], []).append(answer == rec.answer)
-    return {form: 100 * sum(h) / len(h) for form, h in sorted(hits.items())}
+    return qtype_scores("compact-exact", answers, records)
 
 
 def init_visual_words(backbone: ComposedBackbone) -> None:

@@ -94,7 +94,7 @@ SCENE_QUESTIONS = (("describe", 0.65), ("colour", 0.8), ("presence", 0.9), ("pos
 def make_scene(rng: np.random.Generator, split: str, question: str | None = None) -> Sample:
     """A scene and one question about it: of the form `question` (one of SCENE_QUESTIONS), or
     of a form drawn at the corpus's shares. Meta: each cell's labels, whether the scene is a
-    clean render, and the question's form."""
+    clean render, and the question's form (`qtype`)."""
     img, clean = generic_canvas(rng, GRID)
     d = ImageDraw.Draw(img)
     n = int(rng.integers(1, 7))
@@ -142,7 +142,7 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
     else:
         q, a = f"what is at {position_name(r, c)}?", name
     return Sample(
-        q, [a], [add_noise(img, rng)], meta={"cells": labels, "clean": clean, "form": mode}
+        q, [a], [add_noise(img, rng)], meta={"cells": labels, "clean": clean, "qtype": mode}
     )
 
 
