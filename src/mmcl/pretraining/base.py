@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from mmcl.data.synth import sample_rng
-from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word, make_scene
+from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word, make_scene, object_count
 from mmcl.errors import MmclError
 from mmcl.io import (
     cache_dir,
@@ -165,12 +165,19 @@ def position_probe(backbone: ComposedBackbone, pixels: torch.Tensor, seed: int) 
 def heldout_accuracy(backbone: ComposedBackbone, records: list) -> dict[str, float]:
     """Exact-match accuracy (%) of the base's answers per question form (`qtype`), on held-out
     scenes of its own corpus: how well it does what it was taught. `describe` lists every
-    object in reading order, each once, which `ability`'s OCR builds on."""
+    object in reading order, each once, which `ability`'s OCR builds on. Each form is scored
+    on the scenes of a single object too ("colour, one object"): there the answer needs no
+    search among objects, only reading the one there is."""
     answers = []
     for i in range(0, len(records), 64):
         batch = backbone.collate(records[i : i + 64], train=False)
         answers += backbone.generate(batch, max_new_tokens=64)  # six objects described
-    return qtype_scores("compact-exact", answers, records)
+    single = [k for k, r in enumerate(records) if object_count(r.meta.get("cells", [])) == 1]
+    one = qtype_scores("compact-exact", [answers[k] for k in single], [records[k] for k in single])
+    return {
+        **qtype_scores("compact-exact", answers, records),
+        **{f"{form}, one object": score for form, score in one.items()},
+    }
 
 
 def init_visual_words(backbone: ComposedBackbone) -> None:

@@ -63,6 +63,11 @@ def cell_word(label: str) -> str | None:
     return SYMBOLS[value].split()[0] if kind == "symbol" else value
 
 
+def object_count(cells: list) -> int:
+    """How many objects a scene holds, from its per-cell labels (meta "cells")."""
+    return sum(label[0] != "empty" for label in cells)
+
+
 def _object(rng: np.random.Generator) -> tuple[str, str, str]:
     """(kind, what to draw, its name in words)."""
     kind = _pick(rng, ["letter", "letter", "digit", "digit", "shape", "shape", "button", "symbol"])
