@@ -52,3 +52,13 @@ def test_base_info_records_heldout_accuracy_of_every_form():
     forms = {form for form, _ in SCENE_QUESTIONS}
     assert forms <= set(info["heldout_exact"]) <= forms | {f"{f}, one object" for f in forms}
     assert all(0 <= v <= 100 for v in info["heldout_exact"].values())
+
+
+def test_base_info_records_vision_accuracy_on_object_cells():
+    pretrained_backbone("micro")
+    info = json.loads(cached_base_info("micro", 0).read_text())
+    every, objects = info["vision_cell_accuracy"], info["vision_object_accuracy"]
+    assert set(objects) == set(every) == {"what", "colour", "frame"}
+    assert all(0 <= v <= 1 for v in objects.values())
+    # Most cells are empty and easy, so object cells score no better than every cell.
+    assert objects["colour"] <= every["colour"]
