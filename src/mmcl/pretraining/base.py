@@ -182,7 +182,7 @@ def heldout_accuracy(backbone: ComposedBackbone, records: list) -> dict[str, flo
     for i in range(0, len(records), 64):
         batch = backbone.collate(records[i : i + 64], train=False)
         answers += backbone.generate(batch, max_new_tokens=64)  # six objects described
-    single = [k for k, r in enumerate(records) if object_count(r.meta.get("cells", [])) == 1]
+    single = [k for k, r in enumerate(records) if object_count(r.meta["cells"]) == 1]
     one = qtype_scores("compact-exact", [answers[k] for k in single], [records[k] for k in single])
     return {
         **qtype_scores("compact-exact", answers, records),
