@@ -46,17 +46,21 @@ def test_heldout_accuracy_is_exact_match_per_form_and_on_single_objects():
     }
 
 
-def test_base_info_records_heldout_accuracy_of_every_form():
+def micro_info() -> dict:
+    """The info.json of the micro base (built once per test session)."""
     pretrained_backbone("micro")
-    info = json.loads(cached_base_info("micro", 0).read_text())
+    return json.loads(cached_base_info("micro", 0).read_text())
+
+
+def test_base_info_records_heldout_accuracy_of_every_form():
+    info = micro_info()
     forms = {form for form, _ in SCENE_QUESTIONS}
     assert forms <= set(info["heldout_exact"]) <= forms | {f"{f}, one object" for f in forms}
     assert all(0 <= v <= 100 for v in info["heldout_exact"].values())
 
 
 def test_base_info_records_vision_accuracy_on_object_cells():
-    pretrained_backbone("micro")
-    info = json.loads(cached_base_info("micro", 0).read_text())
+    info = micro_info()
     every, objects = info["vision_cell_accuracy"], info["vision_object_accuracy"]
     assert set(objects) == set(every) == {"what", "colour", "frame"}
     assert all(0 <= v <= 1 for v in objects.values())

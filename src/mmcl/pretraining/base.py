@@ -141,7 +141,7 @@ def pretrain_vision(
             for k, lg in enumerate(logits):
                 hit = lg.argmax(-1) == y[..., k]
                 correct[k] += torch.stack([hit.sum(), hit[objects].sum()])
-            total += torch.stack([torch.tensor(objects.numel()), objects.sum()])
+            total += torch.tensor([objects.numel(), objects.sum()])
     tower.eval()
     with torch.no_grad():
         proj.mlp[0].fit(torch.cat([tower(x) for x in pixels[:2048].split(256)]))
