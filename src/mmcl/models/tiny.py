@@ -59,7 +59,8 @@ PRESETS: dict[str, Preset] = {
         1000,
         20000,
         10000,
-        {"epochs": 1, "batch_size": 32, "lr": 2e-3},
+        # At 2e-3 stage 2 diverged (loss 0.70, describe 3%); at 1e-3 it described 51%.
+        {"epochs": 1, "batch_size": 32, "lr": 5e-4},
     ),
 }
 
@@ -71,16 +72,23 @@ def get_preset(name: str) -> Preset:
 
 
 def copy_init(lm: LlamaForCausalLM) -> None:
-    """Identity-initialise each attention layer's value and output projections, so attention
+    """Identity-initialise the last attention layer's value and output projections, so it
     passes the attended tokens' embeddings through unchanged from the first step (as IRNN
     initialises recurrences to the identity). With tied embeddings and visual words, copying
-    what it attends to is then free, and the LM only has to learn where to look: measured on
-    single-object scenes, 94% of contents named after one epoch against 12% without."""
-    for layer in lm.model.layers:
-        attn = layer.self_attn
-        with torch.no_grad():
-            attn.v_proj.weight.copy_(torch.eye(*attn.v_proj.weight.shape))
-            attn.o_proj.weight.copy_(torch.eye(*attn.o_proj.weight.shape))
+    what it attends to into the answer is then free: measured on single-object scenes, 94% of
+    contents named after one epoch against 12% without.
+
+    Only the last layer: identity in every layer (or in half the heads of every layer) fills
+    each position with an average of its context, and the layers below then never learn to
+    compare tokens. Measured on a text-only membership question ("among C Y Z, is there the
+    letter K?"): chance after 20 000 samples with it in every layer, 93% with it in the last
+    one; and base pretraining, bases of seeds 0 and 1, describes scenes exactly 95% and 97% of
+    the time against 41% and 43%, since keeping its place in reading order is such a
+    comparison."""
+    attn = lm.model.layers[-1].self_attn
+    with torch.no_grad():
+        attn.v_proj.weight.copy_(torch.eye(*attn.v_proj.weight.shape))
+        attn.o_proj.weight.copy_(torch.eye(*attn.o_proj.weight.shape))
 
 
 class VisualWords(nn.Module):

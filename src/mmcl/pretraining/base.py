@@ -41,7 +41,7 @@ from mmcl.question_types import qtype_scores
 from mmcl.train import TrainSettings
 
 # Bump when the architecture code or the pretraining corpus changes meaning.
-BASE_VERSION = 7
+BASE_VERSION = 8
 
 
 def tokenizer_corpus(n_scenes: int = 2000) -> list[str]:
