@@ -40,11 +40,27 @@ class Preset:
     vision_samples: int  # stage 1: per-cell classification (stands in for CLIP pretraining)
     align_samples: int  # stage 2: projector + LM on questions about clean scenes (as LLaVA)
     pretrain: dict = field(default_factory=dict)  # TrainSettings fields of stage 2
+    copy_layers: int = 1  # the LM's last layers that start as identity copies (copy_init)
 
 
 PRESETS: dict[str, Preset] = {
     "micro": Preset(
-        32, 8, 64, 2, 2, 96, 2, 2, 192, 600, 6000, 3000, {"epochs": 1, "batch_size": 32, "lr": 3e-3}
+        32,
+        8,
+        64,
+        2,
+        2,
+        96,
+        2,
+        2,
+        192,
+        600,
+        6000,
+        3000,
+        {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+        # Both layers: with the copy in its last layer only, the tests' two-layer model learned
+        # too little for lora-ft's scores to differ between seeds.
+        copy_layers=2,
     ),
     "tiny": Preset(
         64,
@@ -71,24 +87,25 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def copy_init(lm: LlamaForCausalLM) -> None:
-    """Identity-initialise the last attention layer's value and output projections, so it
-    passes the attended tokens' embeddings through unchanged from the first step (as IRNN
-    initialises recurrences to the identity). With tied embeddings and visual words, copying
-    what it attends to into the answer is then free: measured on single-object scenes, 94% of
-    contents named after one epoch against 12% without.
+def copy_init(lm: LlamaForCausalLM, layers: int = 1) -> None:
+    """Identity-initialise the value and output projections of the LM's last `layers` attention
+    layers, so they pass the attended tokens' embeddings through unchanged from the first step
+    (as IRNN initialises recurrences to the identity). With tied embeddings and visual words,
+    copying what it attends to into the answer is then free: measured on single-object scenes,
+    94% of contents named after one epoch against 12% without.
 
-    Only the last layer: identity in every layer (or in half the heads of every layer) fills
-    each position with an average of its context, and the layers below then never learn to
-    compare tokens. Measured on a text-only membership question ("among C Y Z, is there the
-    letter K?"): chance after 20 000 samples with it in every layer, 93% with it in the last
-    one; and base pretraining, bases of seeds 0 and 1, describes scenes exactly 95% and 97% of
-    the time against 41% and 43%, since keeping its place in reading order is such a
-    comparison."""
-    attn = lm.model.layers[-1].self_attn
-    with torch.no_grad():
-        attn.v_proj.weight.copy_(torch.eye(*attn.v_proj.weight.shape))
-        attn.o_proj.weight.copy_(torch.eye(*attn.o_proj.weight.shape))
+    The tiny preset copies in its last layer only: identity in every layer (or in half the heads
+    of every layer) fills each position with an average of its context, and the layers below
+    then never learn to compare tokens. Measured on a text-only membership question ("among C Y
+    Z, is there the letter K?"): chance after 20 000 samples with the copy in every layer, 93%
+    with it in the last one. Base pretraining then describes held-out scenes exactly 91% and
+    82% of the time (bases of seeds 0 and 1) against 47% and 47%, since keeping one's place in
+    reading order is such a comparison."""
+    for layer in lm.model.layers[-layers:]:
+        attn = layer.self_attn
+        with torch.no_grad():
+            attn.v_proj.weight.copy_(torch.eye(*attn.v_proj.weight.shape))
+            attn.o_proj.weight.copy_(torch.eye(*attn.o_proj.weight.shape))
 
 
 class VisualWords(nn.Module):
@@ -150,7 +167,7 @@ def build_backbone(preset: Preset, tokenizer, seed: int = 0) -> ComposedBackbone
     )
     tower = VisionTower(CLIPVisionModel(vcfg))
     lm = LlamaForCausalLM(lcfg)
-    copy_init(lm)
+    copy_init(lm, preset.copy_layers)
     core = ComposedMLLM(
         lm,
         {"image": tower},
