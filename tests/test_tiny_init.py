@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from mmcl.models.tiny import build_backbone, get_preset
-from mmcl.pretraining.base import train_tokenizer
+from mmcl.pretraining.base import pretrained_backbone
 
 
 def _is_copy(layer) -> bool:
@@ -18,9 +18,11 @@ def _is_copy(layer) -> bool:
 
 def test_only_the_presets_last_layers_start_as_identity_copies():
     micro = get_preset("micro")
-    tok = train_tokenizer(micro.vocab_size)
-    for copies in (1, 2):
+    tok = pretrained_backbone("micro").tokenizer  # the session's cached micro base
+    for copies in (0, 1, 2):
         preset = dataclasses.replace(micro, copy_layers=copies)
         layers = build_backbone(preset, tok).core.lm.model.layers
-        assert [_is_copy(layer) for layer in layers] == [False] * (2 - copies) + [True] * copies
+        assert [_is_copy(layer) for layer in layers] == [False] * (micro.lm_layers - copies) + [
+            True
+        ] * copies
     assert get_preset("tiny").copy_layers == 1 and micro.copy_layers == 2
