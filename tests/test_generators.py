@@ -28,6 +28,17 @@ def test_generation_is_deterministic_and_valid(tmp_path, monkeypatch):
     assert _digest(bench.materialize(4, 6, 4)) != _digest(a)
 
 
+def test_generation_on_a_pool_writes_what_one_process_writes(tmp_path, monkeypatch):
+    import mmcl.data.synth as synth
+
+    sizes = {"train": 5, "test": 3}
+    monkeypatch.setattr(synth, "CHUNK", 2)  # 2 workers, each given several chunks
+    synth.generate("ability", ["ocr", "gui"], sizes, 3, tmp_path / "pool", {})
+    monkeypatch.setattr(synth, "CHUNK", 10**6)  # one process
+    synth.generate("ability", ["ocr", "gui"], sizes, 3, tmp_path / "one", {})
+    assert _digest(tmp_path / "pool") == _digest(tmp_path / "one")
+
+
 def test_ocr_test_words_never_appear_in_training():
     train = {
         ability.make_ocr(sample_rng(0, "ocr", "train", i), "train").answers[0] for i in range(300)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from mmcl.data.micl_layout import MICL_TMLR_ORDER_1, MICL_TMLR_ORDER_2
 from mmcl.data.mllm_cl_layout import MLLM_CL_ACL, MLLM_CL_DCL
 from mmcl.data.real import RealBenchmark, load_stream
 from mmcl.data.records import load_records
-from mmcl.data.synth import SynthTask, generate
+from mmcl.data.synth import SynthTask, family_tasks, generate
 from mmcl.data.synth.micl import ORDER_1 as MICL_ORDER_1
 from mmcl.data.synth.micl import ORDER_2 as MICL_ORDER_2
 from mmcl.data.synth.scenario import ORDER_5, ORDER_20
@@ -26,7 +25,7 @@ from mmcl.io import cache_dir, read_json, stable_hash
 __all__ = ["Task", "TaskSpec", "get_benchmark", "register_benchmark"]  # Task(Spec): data/tasks.py
 
 # Bump when a generator's output changes, so caches made by older code are not reused.
-GENERATOR_VERSION = 14
+GENERATOR_VERSION = 15
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,7 @@ class SynthBenchmark:
     test_size: int
 
     def _tasks(self) -> dict[str, SynthTask]:
-        import importlib
-
-        module: ModuleType = importlib.import_module(f"mmcl.data.synth.{self.family}")
-        return module.TASKS
+        return family_tasks(self.family)
 
     def specs(self) -> list[TaskSpec]:
         tasks = self._tasks()
@@ -69,9 +65,9 @@ class SynthBenchmark:
                 "test_size": test_size,
                 "generator_version": GENERATOR_VERSION,
             }
-            tasks = self._tasks()
             generate(
-                [tasks[n] for n in self.order],
+                self.family,
+                list(self.order),
                 {"train": train_size, "test": test_size},
                 seed,
                 out,

@@ -124,9 +124,8 @@ class VisualWords(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, side: int):
         super().__init__()
-        # The code starts small: at the size of word embeddings it blurs the words the LM
-        # learns to copy (measured: scene descriptions failed to train at all); at zero, a
-        # linear probe found a token's cell only 75% of the time after pretraining.
+        # Random and small until base pretraining points it at the LM's number words
+        # (pretraining.base.init_visual_words).
         self.rows = nn.Parameter(torch.randn(side, 1, out_dim) * 0.005)
         self.cols = nn.Parameter(torch.randn(1, side, out_dim) * 0.005)
         self.mlp = projector(in_dim, out_dim)

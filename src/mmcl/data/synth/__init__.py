@@ -7,9 +7,13 @@ deterministic from (benchmark, seed, sizes): sample i of a split gets its own ge
 
 from __future__ import annotations
 
+import importlib
+import multiprocessing
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,13 +59,22 @@ def sample_rng(seed: int, task: str, split: str, index: int) -> np.random.Genera
     return np.random.default_rng(derive_seed(seed, task, split, index))
 
 
-def write_split(task: SynthTask, split: str, n: int, seed: int, folder: Path) -> list[Record]:
-    """Generate `n` samples of a task into `folder` (media files + JSON) and return records."""
+def family_tasks(family: str) -> dict[str, SynthTask]:
+    """The tasks of a family module (mmcl.data.synth.<family>)."""
+    return importlib.import_module(f"mmcl.data.synth.{family}").TASKS
+
+
+def write_samples(
+    family: str, task: str, split: str, seed: int, folder: Path, indices: range
+) -> list[Record]:
+    """Generate samples `indices` of a task's split into `folder` (media files) and return their
+    records. Arguments are names, so a worker process can run it."""
+    make = family_tasks(family)[task].make
     media_dir = folder / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for i in range(n):
-        s = task.make(sample_rng(seed, task.name, split, i), split)
+    for i in indices:
+        s = make(sample_rng(seed, task, split, i), split)
         media: dict[str, tuple[Path, ...]] = {}
         for modality, objs in (("image", s.images), ("audio", s.audios), ("video", s.videos)):
             if not objs:
@@ -75,22 +88,48 @@ def write_split(task: SynthTask, split: str, n: int, seed: int, folder: Path) ->
             media[modality] = tuple(paths)
         placeholders = "".join(PLACEHOLDER[m] * len(p) for m, p in media.items())
         prompt = f"{placeholders}\n{s.question}" if placeholders else s.question
-        rid = f"{task.name}-{split}-{i:05d}"
+        rid = f"{task}-{split}-{i:05d}"
         records.append(Record(rid, ((prompt, s.answers[0]),), media, tuple(s.answers), s.meta))
-    write_records(folder / f"{split}.json", records, layout="llava" if split == "train" else "test")
     return records
 
 
+# Samples per job of the generation pool, and the fewest samples per worker: a worker process
+# starts in about 2 s and renders 1000 scenes in about 2 s.
+CHUNK = 2000
+
+
 def generate(
-    tasks: list[SynthTask], sizes: dict[str, int], seed: int, out: Path, info: dict[str, Any]
+    family: str, tasks: list[str], sizes: dict[str, int], seed: int, out: Path, info: dict[str, Any]
 ) -> None:
-    """Write every task's splits under `out/<task>/` atomically (a temp dir renamed at the end)."""
+    """Write every task's splits under `out/<task>/` atomically (a temp dir renamed at the end),
+    on a pool of processes when there are many samples (every sample has its own generator, so
+    the result does not depend on the pool)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    jobs = [
+        (family, task, split, seed, tmp / task, range(a, min(a + CHUNK, n)))
+        for task in tasks
+        for split, n in sizes.items()
+        for a in range(0, n, CHUNK)
+    ]
+    workers = min(os.cpu_count() or 1, sum(sizes.values()) * len(tasks) // CHUNK)
     try:
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")  # a forked torch process can hang
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                chunks = list(pool.map(write_samples, *zip(*jobs, strict=True)))
+        else:
+            chunks = [write_samples(*job) for job in jobs]
         for task in tasks:
-            for split, n in sizes.items():
-                write_split(task, split, n, seed, tmp / task.name)
+            for split in sizes:
+                records = [
+                    r
+                    for job, c in zip(jobs, chunks, strict=True)
+                    if job[1:3] == (task, split)
+                    for r in c
+                ]
+                layout = "llava" if split == "train" else "test"
+                write_records(tmp / task / f"{split}.json", records, layout=layout)
         write_json(tmp / "benchmark.json", info)
         # Another process may have written the same (deterministic) data meanwhile and be
         # reading it now: a complete copy is kept, and only an incomplete one replaced.

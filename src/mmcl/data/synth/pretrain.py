@@ -1,9 +1,10 @@
 """The general corpus that base-pretrains the embedded default model.
 
 Scenes of letters, digits, symbols, shapes and labelled buttons on the same 4 x 4 grid as the
-benchmarks, with questions that describe a scene and name, find and locate single objects
-(SCENE_QUESTIONS). No task of any built-in stream is asked here, so each stream stays unknown
-to the base model while its tasks build on what it sees.
+benchmarks, with the question forms of a small generalist (SCENE_QUESTIONS): describe a scene;
+name, find and locate an object; count the objects of a kind and give their boxes. No task of
+any built-in stream is asked here, so each stream stays unknown to the base model while its
+tasks build on what it sees and the forms it answers.
 
 Half the scenes are clean renders on a light background; the other half have a generic look
 (looks.py: backgrounds of any tone and texture, a colour cast, haze, uneven light, shadows,
@@ -14,8 +15,9 @@ How the split holds (no stream sample, or stream-like question, is seen here):
 - the streams' own scene generators (scenario's four looks, ability's word/expression/app
   screens, domain's charts and maps) are never called here, and this corpus draws from its own
   random streams (`sample_rng` keyed by benchmark "pretrain");
-- no reading of words, arithmetic, counting, actions, boxes, or questions about "coloured
-  objects" among black clutter.
+- objects are picked by name or kind ("the letter A", "the digits"), never by colour among
+  black clutter (`scenario`'s targets) nor by colour and shape (`ability`'s perception); no
+  reading of words, arithmetic or actions.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mmcl.data.synth.draw import (
     position_name,
 )
 from mmcl.data.synth.looks import generic_canvas, relight
+from mmcl.metrics import format_boxes
 
 SYMBOLS = {"+": "plus sign", "-": "minus sign", "=": "equals sign"}
 # Per-cell labels for the vision-encoder pretraining stage: what ("kind:value"), its colour, and
@@ -89,11 +92,25 @@ def _object(rng: np.random.Generator) -> tuple[str, str, str]:
     return kind, f"{shape}|{colour}", f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
 
 
-# The question forms of the corpus, with the share of each; a caller may ask for one form.
-# Where an object is (a position, a box) and how many there are were tried as forms too (5%
-# each, describing 55%): `ability`'s GUI task then fell from 100 to 1-50 (lora-ft's diagonal,
-# bases of seeds 0 and 1), so "where" is left to the projector's position code.
-SCENE_QUESTIONS = (("describe", 0.65), ("colour", 0.8), ("presence", 0.9), ("position", 1.0))
+# The question forms of the corpus, with the share of each; a caller may ask for one form. Each
+# asks about objects picked by name or kind ("the letter A", "the digits"), never by colour
+# among black clutter as `scenario` does, nor by colour and shape as `ability`'s perception.
+SCENE_QUESTIONS = (
+    ("describe", 0.55),  # every object in reading order
+    ("colour", 0.62),  # of a named object
+    ("presence", 0.69),  # of a named object: yes or no
+    ("position", 0.76),  # what is at a named cell
+    ("where", 0.84),  # the cell of a named object
+    ("count", 0.92),  # how many objects of a kind
+    ("boxes", 1.0),  # the grid-cell boxes of the objects of a kind
+)
+KINDS = {
+    "letter": "letters",
+    "digit": "digits",
+    "shape": "shapes",
+    "button": "buttons",
+    "symbol": "symbols",
+}
 
 
 def make_scene(rng: np.random.Generator, split: str, question: str | None = None) -> Sample:
@@ -144,6 +161,21 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
     elif mode == "presence":
         asked = name if rng.random() < 0.5 else _object(rng)[2]
         q, a = f"is there {asked} in the image?", "yes" if asked in names else "no"
+    elif mode == "where":
+        if names.count(name) > 1:
+            return make_scene(rng, split, question)
+        q, a = f"where is {name}?", position_name(r, c)
+    elif mode in ("count", "boxes"):
+        kind = _pick(rng, [k for _, k, _ in objs] + ["object"])  # one of the scene's
+        cells = [(rr, cc) for (rr, cc), k, _ in objs if kind in (k, "object")]
+        plural = KINDS.get(kind, "objects")
+        if mode == "count":
+            q, a = f"how many {plural} are there?", str(len(cells))
+        elif len(cells) > 3:  # scenes of up to three boxes keep the answers short
+            return make_scene(rng, split, question)
+        else:
+            q = f"give the bounding boxes of the {plural}."
+            a = format_boxes([(cc, rr, cc + 1, rr + 1) for rr, cc in cells])
     else:
         q, a = f"what is at {position_name(r, c)}?", name
     return Sample(
