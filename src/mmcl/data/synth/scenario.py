@@ -23,10 +23,10 @@ few hundred samples per task (every method scored 30-32 on the 5-step protocol).
 type is drawn with a number of targets that keeps its answers balanced (counting: 0-3 evenly;
 existence: a target's shape half the time), so that a constant answer scores little; reports
 show each type's score beside that constant-answer baseline (mmcl.question_types). The
-embedded base reads the targets' colour, shape and number through every look (its encoder was
-pretrained on generic looks too); its image tokens carry their position, but the LM learns to
-say it only in part, so position and grounding stay well below the other types (README, "The
-embedded base model").
+embedded base reads the targets' colour, shape, number and position through every look (its
+encoder was pretrained on generic looks too, and its image tokens carry their position in
+number words); existence, which needs a comparison, is the type it does not learn (README,
+"The embedded base model").
 
 A task is one visit of a scenario with all question types; revisits are separate tasks named
 `<scenario>_<n>` (n >= 2) whose samples come from their own random streams (fresh data).
