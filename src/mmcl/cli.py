@@ -92,10 +92,7 @@ def compare_methods(methods: list[str], out: Path, overrides: dict[str, Any]) ->
     todo = [c for c in cells if not c.finished]
     if todo:
         warm_caches(todo)
-        # A method cannot be split, so with one worker per core the last method would run
-        # alone on an idle machine; a process per method (up to two per core) shares the cores
-        # to the end.
-        workers = min(len(todo), 2 * default_workers(1))
+        workers = default_workers(1)
         console.print(
             f"running {len(todo)} method(s) on {workers} worker(s) of 1 thread; their progress "
             f"is in {out}/<method>/log.txt"
