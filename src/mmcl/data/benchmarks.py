@@ -14,7 +14,7 @@ from mmcl.data.micl_layout import MICL_TMLR_ORDER_1, MICL_TMLR_ORDER_2
 from mmcl.data.mllm_cl_layout import MLLM_CL_ACL, MLLM_CL_DCL
 from mmcl.data.real import RealBenchmark, load_stream
 from mmcl.data.records import load_records
-from mmcl.data.synth import SynthTask, family_tasks, generate
+from mmcl.data.synth import family_tasks, generate
 from mmcl.data.synth.micl import ORDER_1 as MICL_ORDER_1
 from mmcl.data.synth.micl import ORDER_2 as MICL_ORDER_2
 from mmcl.data.synth.scenario import ORDER_5, ORDER_20
@@ -39,11 +39,8 @@ class SynthBenchmark:
     train_size: int
     test_size: int
 
-    def _tasks(self) -> dict[str, SynthTask]:
-        return family_tasks(self.family)
-
     def specs(self) -> list[TaskSpec]:
-        tasks = self._tasks()
+        tasks = family_tasks(self.family)
         return [
             TaskSpec(n, tasks[n].modality, tasks[n].metric, tasks[n].description)
             for n in self.order

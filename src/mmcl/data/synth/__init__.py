@@ -122,16 +122,12 @@ def generate(
                 chunks = list(pool.map(write_samples, *zip(*jobs, strict=True)))
         else:
             chunks = [write_samples(*job) for job in jobs]
-        for task in tasks:
-            for split in sizes:
-                records = [
-                    r
-                    for job, c in zip(jobs, chunks, strict=True)
-                    if job[1:3] == (task, split)
-                    for r in c
-                ]
-                layout = "llava" if split == "train" else "test"
-                write_records(tmp / task / f"{split}.json", records, layout=layout)
+        splits: dict[tuple[str, str], list[Record]] = {}  # jobs are in sample order
+        for (_, task, split, *_), records in zip(jobs, chunks, strict=True):
+            splits.setdefault((task, split), []).extend(records)
+        for (task, split), records in splits.items():
+            layout = "llava" if split == "train" else "test"
+            write_records(tmp / task / f"{split}.json", records, layout=layout)
         write_json(tmp / "benchmark.json", info)
         # Another process may have written the same (deterministic) data meanwhile and be
         # reading it now: a complete copy is kept, and only an incomplete one replaced.

@@ -92,9 +92,8 @@ def _object(rng: np.random.Generator) -> tuple[str, str, str]:
     return kind, f"{shape}|{colour}", f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
 
 
-# The question forms of the corpus, with the share of each; a caller may ask for one form. Each
-# asks about objects picked by name or kind ("the letter A", "the digits"), never by colour
-# among black clutter as `scenario` does, nor by colour and shape as `ability`'s perception.
+# The question forms of the corpus, with the share of each; a caller may ask for one form. How
+# they pick objects keeps them apart from the streams' questions (module docstring).
 SCENE_QUESTIONS = (
     ("describe", 0.55),  # every object in reading order
     ("colour", 0.62),  # of a named object
