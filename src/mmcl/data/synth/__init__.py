@@ -122,9 +122,10 @@ def generate(
                 chunks = list(pool.map(write_samples, *zip(*jobs, strict=True)))
         else:
             chunks = [write_samples(*job) for job in jobs]
-        splits: dict[tuple[str, str], list[Record]] = {}  # jobs are in sample order
-        for (_, task, split, *_), records in zip(jobs, chunks, strict=True):
-            splits.setdefault((task, split), []).extend(records)
+        # Every split gets its file, an empty one too (the general suite has no train split).
+        splits: dict[tuple[str, str], list[Record]] = {(t, s): [] for t in tasks for s in sizes}
+        for (_, task, split, *_), records in zip(jobs, chunks, strict=True):  # in sample order
+            splits[task, split].extend(records)
         for (task, split), records in splits.items():
             layout = "llava" if split == "train" else "test"
             write_records(tmp / task / f"{split}.json", records, layout=layout)
