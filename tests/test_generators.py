@@ -82,3 +82,26 @@ def test_answers_are_balanced_where_a_constant_answer_would_pay():
     assert 0.4 < existence["yes"] / sum(existence.values()) < 0.65
     assert set(counting) == {"0", "1", "2", "3"}
     assert max(counting.values()) < 0.33 * sum(counting.values())
+
+
+def test_water_darkens_red_targets():
+    """Under water a red target's red channel is a fraction of what it is seen from high
+    altitude (water absorbs red first): one colour reads differently from scenario to scenario."""
+    import numpy as np
+
+    from mmcl.data.synth.ability import GRID
+    from mmcl.data.synth.scenario import SCENARIOS
+
+    def red_level(scenario: str) -> float:
+        look, _ = SCENARIOS[scenario]
+        levels = []
+        for i in range(40):
+            img, objs = look(sample_rng(0, scenario, "train", i), 3)
+            arr = np.asarray(img, dtype=np.float32)
+            for r, c, _, colour in objs:
+                if colour == "red":
+                    x0, y0, x1, y1 = GRID.box(r, c)
+                    levels.append(arr[(y0 + y1) // 2, (x0 + x1) // 2, 0])
+        return float(np.mean(levels))
+
+    assert red_level("underwater") < 0.6 * red_level("high_altitude")

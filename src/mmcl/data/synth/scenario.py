@@ -3,7 +3,8 @@
 Four scenarios share the object categories (the shapes of draw.py), the colours and the
 question types, and differ in how the scene looks:
 - high_altitude: top-down over tarmac, many small objects with tiny shadows;
-- underwater: blue-green cast, haze and caustic light patterns over a gradient;
+- underwater: water absorbs red first (red targets turn dark, orange and yellow green-grey),
+  then a blue-green cast, haze and caustic light patterns over a gradient;
 - low_altitude: an oblique view with sky, horizon and road; objects grow towards the camera;
 - indoor: a room (wall, wooden floor, a table), larger objects, lamp lighting.
 
@@ -27,6 +28,12 @@ embedded base reads the targets' colour, shape, number and position through ever
 encoder was pretrained on generic looks too, and its image tokens carry their position in
 number words); existence, which needs a comparison, is the type it does not learn (README,
 "The embedded base model").
+
+The looks disturb each other where it counts: under water a red target is dark and a yellow one
+green-grey, so what a model learns to read there is undone by scenarios where the colours read
+as drawn (README, "The embedded base model", has what lora-ft and UNIFIER keep of it).
+A visit has 2000 training samples: with 1000, the first visits still taught the skills that
+every scenario shares, and later visits kept raising them, hiding that forgetting.
 
 A task is one visit of a scenario with all question types; revisits are separate tasks named
 `<scenario>_<n>` (n >= 2) whose samples come from their own random streams (fresh data).
@@ -110,8 +117,10 @@ def _underwater(rng: np.random.Generator, targets: int) -> tuple[Image.Image, li
     objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)), targets)
     for r, c, shape, colour in objs:
         draw_shape(d, shape, GRID.box(r, c, pad=int(rng.integers(2, 4))), COLOURS[colour])
-    arr = _arr(img)
-    cast = float(rng.uniform(0.2, 0.35))  # water absorbs red: everything turns blue-green
+    # Water absorbs long wavelengths first: red objects turn dark, orange and yellow turn
+    # green-grey, so the colours read in other scenarios mean other things here.
+    arr = _arr(img) * np.array([rng.uniform(0.25, 0.45), rng.uniform(0.7, 0.85), 1.0])
+    cast = float(rng.uniform(0.2, 0.35))  # and the scattered light is blue-green
     arr = arr * (1 - cast) + np.array([0, 120, 140]) * cast
     haze = float(rng.uniform(0.1, 0.25)) * (0.5 + 0.5 * (1 - y / GRID.size))[..., None]
     arr = arr * (1 - haze) + np.array([110, 180, 190]) * haze
