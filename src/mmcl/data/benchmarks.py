@@ -138,7 +138,7 @@ register_benchmark(
         "-> indoor -> high altitude again (images)",
         "scenario",
         ORDER_5,
-        train_size=2000,  # a visit learns its look's skills; 1000 left them to later visits
+        train_size=2000,  # why 2000: data/synth/scenario.py
         test_size=150,
     )
 )

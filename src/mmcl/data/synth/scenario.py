@@ -29,9 +29,9 @@ encoder was pretrained on generic looks too, and its image tokens carry their po
 number words); existence, which needs a comparison, is the type it does not learn (README,
 "The embedded base model").
 
-The looks disturb each other where it counts: under water a red target is dark and a yellow one
-green-grey, so what a model learns to read there is undone by scenarios where the colours read
-as drawn (README, "The embedded base model", has what lora-ft and UNIFIER keep of it).
+The looks disturb each other where it counts: the colours water changes read as drawn in the
+other scenarios, so what a model learns to read under water is undone by them (README, "The
+embedded base model", has what lora-ft and UNIFIER keep of it).
 A visit has 2000 training samples: with 1000, the first visits still taught the skills that
 every scenario shares, and later visits kept raising them, hiding that forgetting.
 
@@ -117,8 +117,7 @@ def _underwater(rng: np.random.Generator, targets: int) -> tuple[Image.Image, li
     objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)), targets)
     for r, c, shape, colour in objs:
         draw_shape(d, shape, GRID.box(r, c, pad=int(rng.integers(2, 4))), COLOURS[colour])
-    # Water absorbs long wavelengths first: red objects turn dark, orange and yellow turn
-    # green-grey, so the colours read in other scenarios mean other things here.
+    # Water absorbs long wavelengths first (the module docstring says what that does).
     arr = _arr(img) * np.array([rng.uniform(0.25, 0.45), rng.uniform(0.7, 0.85), 1.0])
     cast = float(rng.uniform(0.2, 0.35))  # and the scattered light is blue-green
     arr = arr * (1 - cast) + np.array([0, 120, 140]) * cast
