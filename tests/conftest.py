@@ -9,11 +9,28 @@ from pathlib import Path
 
 import pytest
 
+# The suite runs on pytest-xdist workers, one per core: each a 1-thread torch process (two
+# 2-thread processes sharing 2 cores spin; DESIGN.md), the processes they launch too. Set before
+# any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+# Every worker builds its own cache (micro bases and streams: ~1.5 GB of memory and a minute of
+# CPU each) and the slowest tests take a minute alone, so more than 4 workers gain little.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every test session uses its own cache, so tests never depend on a user's cache."""
-    root = Path(os.environ.get("MMCL_TEST_CACHE") or tmp_path_factory.mktemp("mmcl-cache"))
+    """Every test session uses its own cache, so tests never depend on a user's cache; each
+    worker its own folder of it (two processes building one base would write the same files)."""
+    given = os.environ.get("MMCL_TEST_CACHE")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    root = Path(given) / worker if given else tmp_path_factory.mktemp("mmcl-cache")
     os.environ["MMCL_CACHE"] = str(root)
     return root
 

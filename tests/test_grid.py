@@ -235,7 +235,8 @@ def test_ray_gives_the_same_numbers(killed_grid, grid_config, tmp_path):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         # A driver without the cluster's auth token: Ray's reason, in one line, not a traceback.
         cmd[cmd.index(str(out))] = str(tmp_path / "no-token")
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        # One connection attempt: Ray's driver retries a refused one once a second for ~20 s.
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_gcs_server_port_wait_time_s": "1"}
         refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     finally:
         ray.shutdown()
