@@ -21,7 +21,7 @@ MAX_WORKERS = 4
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    return min(MAX_WORKERS, os.cpu_count() or 1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,8 +1,11 @@
 import hashlib
 
+import numpy as np
+
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.records import validate_file
 from mmcl.data.synth import ability, sample_rng
+from mmcl.data.synth.scenario import SCENARIOS
 
 
 def _digest(folder):
@@ -87,10 +90,6 @@ def test_answers_are_balanced_where_a_constant_answer_would_pay():
 def test_water_darkens_red_targets():
     """Under water a red target's red channel is a fraction of what it is seen from high
     altitude (water absorbs red first): one colour reads differently from scenario to scenario."""
-    import numpy as np
-
-    from mmcl.data.synth.ability import GRID
-    from mmcl.data.synth.scenario import SCENARIOS
 
     def red_level(scenario: str) -> float:
         look, _ = SCENARIOS[scenario]
@@ -100,7 +99,7 @@ def test_water_darkens_red_targets():
             arr = np.asarray(img, dtype=np.float32)
             for r, c, _, colour in objs:
                 if colour == "red":
-                    x0, y0, x1, y1 = GRID.box(r, c)
+                    x0, y0, x1, y1 = ability.GRID.box(r, c)
                     levels.append(arr[(y0 + y1) // 2, (x0 + x1) // 2, 0])
         return float(np.mean(levels))
 

@@ -30,7 +30,7 @@ number words); existence, which needs a comparison, is the type it does not lear
 "The embedded base model").
 
 The looks disturb each other where it counts: the colours water changes read as drawn in the
-other scenarios, so what a model learns to read under water is undone by them (README, "The
+other scenarios, so what a model learns to read under water can be undone by them (README, "The
 embedded base model", has what lora-ft and UNIFIER keep of it).
 A visit has 2000 training samples: with 1000, the first visits still taught the skills that
 every scenario shares, and later visits kept raising them, hiding that forgetting.
