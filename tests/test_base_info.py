@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from mmcl.data.records import Record
 from mmcl.data.synth.pretrain import SCENE_QUESTIONS
+from mmcl.io import torch_threads
+from mmcl.pretraining import base
 from mmcl.pretraining.base import cached_base_info, heldout_accuracy, pretrained_backbone
 
 
@@ -66,3 +70,16 @@ def test_base_info_records_vision_accuracy_on_object_cells():
     assert all(0 <= v <= 1 for v in objects.values())
     # Most cells are empty and easy, so object cells score no better than every cell.
     assert objects["colour"] <= every["colour"]
+
+
+def test_the_base_trains_on_one_thread_whatever_the_callers_setting(tmp_path, monkeypatch):
+    """How a sum is split among threads changes its rounding: a base built with 2 threads and
+    one built with 1 differed under the same cache key. A base trains on one thread, so its key
+    names one set of weights, and the caller's setting is restored after."""
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path))  # an empty cache: the base is trained
+    threads = []
+    monkeypatch.setattr(base, "_train_base", lambda *a: threads.append(torch.get_num_threads()))
+    with torch_threads(2):
+        pretrained_backbone("micro", 0)
+        assert threads == [1]
+        assert torch.get_num_threads() == 2

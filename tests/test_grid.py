@@ -18,10 +18,13 @@ import pytest
 from typer.testing import CliRunner
 
 from mmcl.cli import app
+from mmcl.config import load_config
 from mmcl.data.synth.micl import ORDER_1, ORDER_2
 from mmcl.errors import MmclError
-from mmcl.grid.cells import grid_orders
+from mmcl.grid import warm_caches
+from mmcl.grid.cells import Cell, grid_orders
 from mmcl.grid.stats import aggregate, summarize
+from tiny_hf import write_colour_stream
 
 runner = CliRunner()
 TASKS = ["driving", "science"]  # micro scores are not all zero on these after one epoch
@@ -300,3 +303,19 @@ def test_a_grid_being_run_is_not_run_twice(grid_config, tmp_path):
         res = runner.invoke(app, _compare_args(grid_config, out))
     assert res.exit_code != 0 and "being run by another" in str(res.exception)
     assert not (out / "lora-ft").exists()
+
+
+def test_a_bad_data_file_stops_the_grid_before_any_base_is_built(tmp_path, monkeypatch):
+    """Generated streams render while the bases train; a user's files are read before, so a
+    bad one is reported at once, not after minutes of base pretraining."""
+    stream = write_colour_stream(tmp_path, ["a", "b"], n_train=4, n_test=2)
+    (tmp_path / "b" / "train.json").write_text("[{")
+
+    def no_base(*args):
+        raise AssertionError("a base was built before the data was read")
+
+    monkeypatch.setattr("mmcl.runner.load_backbone", no_base)
+    cfg = load_config(None, {"benchmark": str(stream), "model.preset": "micro"})
+    cell = Cell("lora-ft", 0, 0, tmp_path / "out", cfg.model_dump(mode="json"))
+    with pytest.raises(MmclError, match="b/train.json"):
+        warm_caches([cell])

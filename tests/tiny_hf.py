@@ -23,6 +23,7 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from mmcl.config import ExperimentConfig, load_config
+from mmcl.io import torch_threads
 from mmcl.pretraining.base import train_tokenizer
 
 
@@ -30,10 +31,8 @@ from mmcl.pretraining.base import train_tokenizer
 def one_thread():
     """Tiny models gain nothing from a second thread and lose much on a busy machine (OpenMP
     threads spin-waiting on shared cores); restores the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 # The chat templates of llava-hf/llava-1.5-7b-hf and Qwen2-VL, in short.

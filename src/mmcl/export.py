@@ -27,7 +27,6 @@ from typing import Any
 
 from mmcl import checkpoint
 from mmcl.config import ExperimentConfig, parse_config
-from mmcl.data.benchmarks import Task, get_benchmark
 from mmcl.errors import MmclError
 from mmcl.io import read_json, write_json, write_text
 from mmcl.methods import make_method
@@ -64,17 +63,15 @@ def _run_config(run_dir: Path) -> ExperimentConfig:
 
 def trained_run(run_dir: Path) -> tuple[ExperimentConfig, Backbone, Method, dict[str, Any]]:
     """The run's model and method as its last committed checkpoint left them, and its state."""
-    from mmcl.runner import Run, load_backbone
+    from mmcl.runner import Run, load_backbone, stream_specs
 
     cfg = _run_config(run_dir)
     run = Run(cfg, run_dir)
     found = run._find_checkpoint()
     if found is None:
         raise MmclError(f"{run_dir}: no committed checkpoint to export")
-    paths = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
-    specs = {s.name: s for s in get_benchmark(cfg.benchmark, cfg.data.root, paths).specs()}
-    specs = [specs[n] for n in (cfg.tasks or list(specs))]
-    backbone = load_backbone(cfg, [Task(s, [], []) for s in specs])
+    specs = stream_specs(cfg)
+    backbone = load_backbone(cfg, specs)
     backbone.max_new_tokens = cfg.eval.max_new_tokens
     method = make_method(cfg.method.name, cfg.method.options(), backbone, specs, cfg.seed)
     method.setup()

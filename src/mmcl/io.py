@@ -94,6 +94,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch on `n` intra-op threads inside the block. The embedded base is built on one
+    thread whatever the caller's setting: how a sum is split among threads changes its rounding,
+    and a base built with 2 threads differed from one built with 1 under the same cache key."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def stable_hash(obj: Any, n: int = 12) -> str:
     """A short hash of a JSON-able object, stable across runs and machines."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

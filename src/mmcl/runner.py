@@ -13,7 +13,9 @@ from typing import Any
 from mmcl import checkpoint
 from mmcl.checkpoint import Checkpoint
 from mmcl.config import ExperimentConfig
-from mmcl.data.benchmarks import Task, get_benchmark
+from mmcl.data.benchmarks import SynthBenchmark, Task, get_benchmark
+from mmcl.data.real import RealBenchmark
+from mmcl.data.tasks import TaskSpec, select
 from mmcl.errors import MmclError
 from mmcl.evaluate import TaskResult, evaluate_task
 from mmcl.general import GeneralBenchmark, evaluate_general, general_section, is_due, load_general
@@ -36,13 +38,23 @@ from mmcl.train import TrainSettings
 ZERO_SHOT_STEP = -1  # the checkpoint "step" holding the base model's evaluation
 
 
-def load_tasks(cfg: ExperimentConfig) -> list[Task]:
+def stream(cfg: ExperimentConfig) -> SynthBenchmark | RealBenchmark:
+    """The configured benchmark, bound to its data root and per-task files."""
     files = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
-    bench = get_benchmark(cfg.benchmark, cfg.data.root, files)
-    return bench.load(cfg.seed, cfg.data.train_size, cfg.data.test_size, cfg.tasks)
+    return get_benchmark(cfg.benchmark, cfg.data.root, files)
 
 
-def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Backbone:
+def stream_specs(cfg: ExperimentConfig) -> list[TaskSpec]:
+    """The configured tasks' specs in order, without loading their data."""
+    return select(cfg.benchmark, stream(cfg).specs(), cfg.tasks)
+
+
+def load_tasks(cfg: ExperimentConfig) -> list[Task]:
+    return stream(cfg).load(cfg.seed, cfg.data.train_size, cfg.data.test_size, cfg.tasks)
+
+
+def load_backbone(cfg: ExperimentConfig, specs: list[TaskSpec] | None = None) -> Backbone:
+    """The configured model, for a stream of tasks `specs` (which modalities it needs)."""
     if cfg.model.backbone == "hf-native":
         from mmcl.models.hf_native import load_hf_native
 
@@ -51,7 +63,7 @@ def load_backbone(cfg: ExperimentConfig, tasks: list[Task] | None = None) -> Bac
         from mmcl.models.pretrained import load_pretrained_parts
 
         return load_pretrained_parts(cfg.model)
-    if any(t.spec.modality != "image" for t in tasks or []):
+    if any(s.modality != "image" for s in specs or []):
         # Audio/video streams get the image base extended with its own encoders (cached apart).
         from mmcl.pretraining.media import media_backbone
 
@@ -121,8 +133,8 @@ class Run:
         with process_state().main_process_first():  # the first process fills the caches
             tasks = load_tasks(cfg)
             general = load_general(cfg.eval, cfg.seed)
-            backbone = load_backbone(cfg, tasks)
-        specs = [t.spec for t in tasks]
+            specs = [t.spec for t in tasks]
+            backbone = load_backbone(cfg, specs)
         backbone.max_new_tokens = cfg.eval.max_new_tokens
         seed_everything(derive_seed(cfg.seed, "setup"))
         method = make_method(cfg.method.name, cfg.method.options(), backbone, specs, cfg.seed)

@@ -18,7 +18,7 @@ from mmcl.data.synth import family_tasks, generate
 from mmcl.data.synth.micl import ORDER_1 as MICL_ORDER_1
 from mmcl.data.synth.micl import ORDER_2 as MICL_ORDER_2
 from mmcl.data.synth.scenario import ORDER_5, ORDER_20
-from mmcl.data.tasks import Task, TaskSpec
+from mmcl.data.tasks import Task, TaskSpec, select
 from mmcl.errors import MmclError
 from mmcl.io import cache_dir, read_json, stable_hash
 
@@ -79,24 +79,16 @@ class SynthBenchmark:
         test_size: int | None = None,
         order: list[str] | None = None,
     ) -> list[Task]:
-        train_size = train_size or self.train_size
-        test_size = test_size or self.test_size
-        root = self.materialize(seed, train_size, test_size)
-        specs = {s.name: s for s in self.specs()}
-        names = order or list(self.order)
-        unknown = [n for n in names if n not in specs]
-        if unknown:
-            raise MmclError(
-                f"benchmark {self.name!r} has no task(s) {unknown}; its tasks are {list(specs)}"
-            )
+        specs = select(self.name, self.specs(), order)
+        root = self.materialize(seed, train_size or self.train_size, test_size or self.test_size)
         # Records were validated when written; media checks on reload would only re-read PNGs.
         return [
             Task(
-                specs[n],
-                load_records(root / n / "train.json", check_media=False),
-                load_records(root / n / "test.json", check_media=False),
+                s,
+                load_records(root / s.name / "train.json", check_media=False),
+                load_records(root / s.name / "test.json", check_media=False),
             )
-            for n in names
+            for s in specs
         ]
 
 

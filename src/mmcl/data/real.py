@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmcl.data.records import MODALITIES, Record, load_records
-from mmcl.data.tasks import Task, TaskSpec
+from mmcl.data.tasks import Task, TaskSpec, select
 from mmcl.errors import DataError, MmclError
 from mmcl.io import derive_seed
 from mmcl.scoring import missing_fields
@@ -156,13 +156,7 @@ class RealBenchmark:
         order: list[str] | None = None,
     ) -> list[Task]:
         """Read, validate and (if sizes are given) subsample every task's train and test files."""
-        names = list(order or self.order)
-        unknown = [n for n in names if n not in self.order]
-        if unknown:
-            raise MmclError(
-                f"benchmark {self.name!r} has no task(s) {unknown}; its tasks are "
-                f"{list(self.order)}"
-            )
+        names = [s.name for s in select(self.name, self.specs(), order)]
         paths = self.resolve(names)
         specs = {t.spec.name: t.spec for t in self.tasks}
         tasks = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
     """Every cell of the grid, by seed, then order, then method (so that finished cells form
     complete pairs early), and the task orders."""
     from mmcl.methods import get_method
+    from mmcl.runner import stream_specs
 
     if not spec.methods or len(set(spec.methods)) != len(spec.methods):
         raise MmclError(f"--methods: give distinct method names ({spec.methods})")
@@ -70,7 +72,7 @@ def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
     if spec.reference is not None and spec.reference not in spec.methods:
         raise MmclError(f"--reference {spec.reference!r} is not among --methods {spec.methods}")
     base_cfg = load_config(spec.config, spec.overrides)
-    base = base_cfg.tasks or _stream_order(base_cfg)
+    base = [s.name for s in stream_specs(base_cfg)]
     orders = grid_orders(spec.orders, base_cfg.benchmark, base, given=base_cfg.tasks is not None)
     seeds = spec.seeds if spec.seeds is not None else [base_cfg.seed]
     if len(set(seeds)) != len(seeds):
@@ -88,29 +90,35 @@ def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
     return cells, orders
 
 
-def _stream_order(cfg: ExperimentConfig) -> list[str]:
-    from mmcl.data.benchmarks import get_benchmark
-
-    files = {k: v.model_dump(exclude_none=True) for k, v in cfg.data.files.items()}
-    return list(get_benchmark(cfg.benchmark, cfg.data.root, files).order)
-
-
 def warm_caches(cells: list[Cell]) -> None:
-    """Generate each seed's data and build the embedded base model once, here, before cells
-    that would otherwise all build them at the same time."""
+    """Generate each seed's data and build each embedded base model once, here, before cells
+    that would otherwise all build them at the same time. Generated streams render while the
+    bases train (a base trains on one thread, io.torch_threads, which leaves the other cores
+    idle); what reads a user's files is read first, so that a bad file stops the command at
+    once, not after the bases."""
     from mmcl.config import parse_config
-    from mmcl.runner import load_backbone, load_tasks
+    from mmcl.data.benchmarks import SynthBenchmark
+    from mmcl.general import load_general
+    from mmcl.runner import load_backbone, load_tasks, stream, stream_specs
 
-    done: set[tuple[str, Any]] = set()
+    data: dict[tuple[int, str, str], ExperimentConfig] = {}
+    bases: dict[str, ExperimentConfig] = {}
     for cell in cells:
         cfg = parse_config(cell.config)
-        data, model = ("data", cfg.seed, cfg.data.model_dump_json()), cfg.model.model_dump_json()
-        if data not in done:
-            tasks = load_tasks(cfg)
-            done.add(data)
-            if cfg.model.backbone == "composed" and ("model", model) not in done:
-                load_backbone(cfg, tasks)
-                done.add(("model", model))
+        data.setdefault((cfg.seed, cfg.data.model_dump_json(), cfg.eval.model_dump_json()), cfg)
+        if cfg.model.backbone == "composed":
+            bases.setdefault(cfg.model.model_dump_json(), cfg)
+    generated = [cfg for cfg in data.values() if isinstance(stream(cfg), SynthBenchmark)]
+    with ThreadPoolExecutor(1) as renders:
+        rendered = [renders.submit(load_tasks, cfg) for cfg in generated]
+        for cfg in data.values():
+            if cfg not in generated:
+                load_tasks(cfg)
+            load_general(cfg.eval, cfg.seed)
+        for cfg in bases.values():
+            load_backbone(cfg, stream_specs(cfg))
+        for job in rendered:
+            job.result()
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from mmcl.io import (
     run_alone,
     save_tensors,
     stable_hash,
+    torch_threads,
     write_json,
 )
 from mmcl.models.composed import ComposedBackbone
@@ -224,9 +225,6 @@ def base_key(preset_name: str, seed: int) -> str:
 
 def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBackbone:
     """The base-pretrained model of a preset: loaded from the cache, or trained once and cached."""
-    from mmcl.data.benchmarks import PRETRAIN
-    from mmcl.train import train
-
     preset = get_preset(preset_name)
     folder = cache_dir() / "base" / f"{preset_name}-{base_key(preset_name, seed)}"
     weights = folder / "model.safetensors"
@@ -237,6 +235,17 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
         return backbone
     if run_alone(pretrained_backbone, preset_name, seed):  # under a launch: trained outside it
         return pretrained_backbone(preset_name, seed)
+    with torch_threads(1):  # so that the cache key names one set of weights (io.torch_threads)
+        return _train_base(preset_name, seed, folder)
+
+
+def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
+    """Train the base of a preset and seed from nothing and cache it in `folder`."""
+    from mmcl.data.benchmarks import PRETRAIN
+    from mmcl.train import train
+
+    preset = get_preset(preset_name)
+    weights = folder / "model.safetensors"
     tokenizer = train_tokenizer(preset.vocab_size)
     backbone = build_backbone(preset, tokenizer, seed)
     (task,) = PRETRAIN.load(seed, train_size=preset.vision_samples, test_size=1000)

@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from mmcl.errors import MmclError
-from mmcl.io import cache_dir, load_tensors, run_alone, save_tensors, stable_hash, write_json
+from mmcl.io import (
+    cache_dir,
+    load_tensors,
+    run_alone,
+    save_tensors,
+    stable_hash,
+    torch_threads,
+    write_json,
+)
 from mmcl.models.composed import ComposedBackbone
 from mmcl.models.media import AUDIO_WORDS, MEDIA_SIZES, VIDEO_WORDS, add_media_encoders
 from mmcl.pretraining.base import base_key, pretrained_backbone
@@ -153,7 +161,8 @@ def media_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBackbone
         state.update(load_tensors(weights))
         backbone.load_state_dict(state)
         return backbone
-    info = extend_modalities(backbone, preset_name, seed)
+    with torch_threads(1):  # as the image base (io.torch_threads)
+        info = extend_modalities(backbone, preset_name, seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "info.json", {"sizes": asdict(MEDIA_SIZES[preset_name]), **info})
     save_tensors(weights, _new_parts(backbone))  # last: its presence marks a complete cache
