@@ -96,9 +96,7 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run torch on `n` intra-op threads inside the block. The embedded base is built on one
-    thread whatever the caller's setting: how a sum is split among threads changes its rounding,
-    and a base built with 2 threads differed from one built with 1 under the same cache key."""
+    """Run torch on `n` intra-op threads inside the block, then give the caller's setting back."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -93,7 +93,7 @@ def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
 def warm_caches(cells: list[Cell]) -> None:
     """Generate each seed's data and build each embedded base model once, here, before cells
     that would otherwise all build them at the same time. Generated streams render while the
-    bases train (a base trains on one thread, io.torch_threads, which leaves the other cores
+    bases train (a base trains on one thread, pretraining.base, which leaves the other cores
     idle); what reads a user's files is read first, so that a bad file stops the command at
     once, not after the bases."""
     from mmcl.config import parse_config

@@ -235,7 +235,10 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
         return backbone
     if run_alone(pretrained_backbone, preset_name, seed):  # under a launch: trained outside it
         return pretrained_backbone(preset_name, seed)
-    with torch_threads(1):  # so that the cache key names one set of weights (io.torch_threads)
+    # On one thread whatever the caller's setting: how a sum is split among threads changes its
+    # rounding, and bases built with 2 threads and with 1 differed under the same cache key.
+    # So a key names one set of weights (on a kind of CPU), whichever command built it.
+    with torch_threads(1):
         return _train_base(preset_name, seed, folder)
 
 

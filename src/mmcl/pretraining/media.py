@@ -161,7 +161,7 @@ def media_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBackbone
         state.update(load_tensors(weights))
         backbone.load_state_dict(state)
         return backbone
-    with torch_threads(1):  # as the image base (io.torch_threads)
+    with torch_threads(1):  # as the image base, so the key names one set of weights
         info = extend_modalities(backbone, preset_name, seed)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "info.json", {"sizes": asdict(MEDIA_SIZES[preset_name]), **info})
