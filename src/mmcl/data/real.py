@@ -156,22 +156,21 @@ class RealBenchmark:
         order: list[str] | None = None,
     ) -> list[Task]:
         """Read, validate and (if sizes are given) subsample every task's train and test files."""
-        names = [s.name for s in select(self.name, self.specs(), order)]
-        paths = self.resolve(names)
-        specs = {t.spec.name: t.spec for t in self.tasks}
+        specs = select(self.name, self.specs(), order)
+        paths = self.resolve([spec.name for spec in specs])
         tasks = []
-        for n in names:
-            split = {}
+        for spec in specs:
+            n, split = spec.name, {}
             for s, size in (("train", train_size), ("test", test_size)):
                 records = self.read(n, s, paths[n][s])
                 records = _subsample(records, size, derive_seed(seed, self.name, n, s))
                 _check_media_exist(records, paths[n][s])
                 if s == "test":  # a field the task's scorer reads is checked before training
-                    missing = missing_fields(specs[n].metric, records, str(paths[n][s]))
+                    missing = missing_fields(spec.metric, records, str(paths[n][s]))
                     if missing:
                         raise DataError(missing)
                 split[s] = records
-            tasks.append(Task(specs[n], split["train"], split["test"]))
+            tasks.append(Task(spec, split["train"], split["test"]))
         return tasks
 
 

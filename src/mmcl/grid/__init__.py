@@ -108,11 +108,12 @@ def warm_caches(cells: list[Cell]) -> None:
         data.setdefault((cfg.seed, cfg.data.model_dump_json(), cfg.eval.model_dump_json()), cfg)
         if cfg.model.backbone == "composed":
             bases.setdefault(cfg.model.model_dump_json(), cfg)
-    generated = [cfg for cfg in data.values() if isinstance(stream(cfg), SynthBenchmark)]
     with ThreadPoolExecutor(1) as renders:
-        rendered = [renders.submit(load_tasks, cfg) for cfg in generated]
+        rendered = []
         for cfg in data.values():
-            if cfg not in generated:
+            if isinstance(stream(cfg), SynthBenchmark):
+                rendered.append(renders.submit(load_tasks, cfg))
+            else:
                 load_tasks(cfg)
             load_general(cfg.eval, cfg.seed)
         for cfg in bases.values():
