@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
+import pytest
 import torch
+from typer.testing import CliRunner
 
+from mmcl.cli import app
 from mmcl.data.records import Record
 from mmcl.data.synth.pretrain import SCENE_QUESTIONS
 from mmcl.io import torch_threads
+from mmcl.models.tiny import get_preset
 from mmcl.pretraining import base
-from mmcl.pretraining.base import cached_base_info, heldout_accuracy, pretrained_backbone
+from mmcl.pretraining.base import (
+    base_info,
+    base_key,
+    heldout_accuracy,
+    pretrained_backbone,
+    shipped_bases,
+)
 
 
 class Echo:
@@ -53,7 +64,7 @@ def test_heldout_accuracy_is_exact_match_per_form_and_on_single_objects():
 def micro_info() -> dict:
     """The info.json of the micro base (built once per test session)."""
     pretrained_backbone("micro")
-    return json.loads(cached_base_info("micro", 0).read_text())
+    return json.loads(base_info("micro", 0).read_text())
 
 
 def test_base_info_records_heldout_accuracy_of_every_form():
@@ -83,3 +94,53 @@ def test_the_base_trains_on_one_thread_whatever_the_callers_setting(tmp_path, mo
         pretrained_backbone("micro", 0)
         assert threads == [1]
         assert torch.get_num_threads() == 2
+
+
+def test_the_default_base_ships_with_the_package_and_loads_without_training(tmp_path, monkeypatch):
+    """The default base (tiny, seed 0) ships under the key of this code, so a fresh machine
+    skips its minutes of pretraining and every machine starts from the same weights. A change
+    of the base's code or preset changes the key and leaves it unused: rebuild it then."""
+    key = base_key("tiny", 0)
+    assert {p.name for p in shipped_bases().iterdir()} == {f"tiny-{key}"}, (
+        f"the shipped base is stale: mmcl base --preset tiny --seed 0 --out "
+        f"{shipped_bases() / f'tiny-{key}'} (and remove the old folder)"
+    )
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(base, "_train_base", lambda *a: pytest.fail("trained a shipped base"))
+    pretrained_backbone("tiny", 0)
+    info = json.loads(base_info("tiny", 0).read_text())
+    assert info["seed"] == 0 and info["preset"] == asdict(get_preset("tiny"))
+    assert info["position_probe"] >= 0.9
+    assert not (tmp_path / "base").exists()
+
+
+def fake_build(payload: bytes):
+    """A stand-in for training a base: writes `payload` as its weights."""
+
+    def build(preset_name, seed, folder):
+        folder.mkdir(parents=True)
+        (folder / "info.json").write_text(json.dumps({"position_probe": 1.0, "heldout_exact": {}}))
+        (folder / "model.safetensors").write_bytes(payload)
+
+    return build
+
+
+def test_mmcl_base_trains_apart_and_says_whether_it_is_the_base_in_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "base" / f"micro-{base_key('micro', 1)}"
+    monkeypatch.setattr(base, "_train_base", fake_build(b"same"))
+    res = CliRunner().invoke(
+        app, ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / "a")]
+    )
+    assert res.exit_code == 0 and "no base of it in use yet" in res.output
+    fake_build(b"same")("micro", 1, cached)
+    res = CliRunner().invoke(
+        app, ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / "b")]
+    )
+    assert res.exit_code == 0 and "identical to the base in use" in res.output
+    monkeypatch.setattr(base, "_train_base", fake_build(b"other"))
+    res = CliRunner().invoke(
+        app, ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / "c")]
+    )
+    assert res.exit_code == 1 and "differs" in res.output
+    assert (cached / "model.safetensors").read_bytes() == b"same"  # the base in use untouched

@@ -223,10 +223,23 @@ def base_key(preset_name: str, seed: int) -> str:
     return stable_hash([asdict(preset), seed, BASE_VERSION, vocab])
 
 
+def shipped_bases() -> Path:
+    """The folder of the bases that ship with the package (`<preset>-<key>` each)."""
+    return Path(str(files("mmcl").joinpath("assets", "bases")))
+
+
+def base_folder(preset_name: str, seed: int) -> Path:
+    """Where the base of a preset and seed is: shipped with the package, or in the cache."""
+    name = f"{preset_name}-{base_key(preset_name, seed)}"
+    shipped = shipped_bases() / name
+    return shipped if (shipped / "model.safetensors").is_file() else cache_dir() / "base" / name
+
+
 def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBackbone:
-    """The base-pretrained model of a preset: loaded from the cache, or trained once and cached."""
+    """The base-pretrained model of a preset: the shipped one, or the cached one, or trained once
+    and cached."""
     preset = get_preset(preset_name)
-    folder = cache_dir() / "base" / f"{preset_name}-{base_key(preset_name, seed)}"
+    folder = base_folder(preset_name, seed)
     weights = folder / "model.safetensors"
     if weights.exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer"))
@@ -235,15 +248,19 @@ def pretrained_backbone(preset_name: str = "tiny", seed: int = 0) -> ComposedBac
         return backbone
     if run_alone(pretrained_backbone, preset_name, seed):  # under a launch: trained outside it
         return pretrained_backbone(preset_name, seed)
-    # On one thread whatever the caller's setting: how a sum is split among threads changes its
-    # rounding, and bases built with 2 threads and with 1 differed under the same cache key.
-    # So a key names one set of weights (on a kind of CPU), whichever command built it.
+    return train_base(preset_name, seed, folder)
+
+
+def train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
+    """Train the base of a preset and seed from nothing into `folder` (weights, tokenizer and
+    info.json). On one thread whatever the caller's setting: how a sum is split among threads
+    changes its rounding, and bases built with 2 threads and with 1 differed under the same key.
+    So a key names one set of weights (on a kind of CPU), whichever command built it."""
     with torch_threads(1):
         return _train_base(preset_name, seed, folder)
 
 
 def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
-    """Train the base of a preset and seed from nothing and cache it in `folder`."""
     from mmcl.data.benchmarks import PRETRAIN
     from mmcl.train import train
 
@@ -289,5 +306,6 @@ def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
     return backbone
 
 
-def cached_base_info(preset_name: str, seed: int) -> Path:
-    return cache_dir() / "base" / f"{preset_name}-{base_key(preset_name, seed)}" / "info.json"
+def base_info(preset_name: str, seed: int) -> Path:
+    """The info.json of the base of a preset and seed (shipped or cached)."""
+    return base_folder(preset_name, seed) / "info.json"
