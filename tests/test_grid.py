@@ -21,7 +21,7 @@ from mmcl.cli import app
 from mmcl.config import load_config
 from mmcl.data.synth.micl import ORDER_1, ORDER_2
 from mmcl.errors import MmclError
-from mmcl.grid import warm_caches
+from mmcl.grid import run_methods, warm_caches
 from mmcl.grid.cells import Cell, grid_orders
 from mmcl.grid.stats import aggregate, summarize
 from tiny_hf import write_colour_stream
@@ -319,3 +319,18 @@ def test_a_bad_data_file_stops_the_grid_before_any_base_is_built(tmp_path, monke
     cell = Cell("lora-ft", 0, 0, tmp_path / "out", cfg.model_dump(mode="json"))
     with pytest.raises(MmclError, match="b/train.json"):
         warm_caches([cell])
+
+
+def test_the_demo_runner_runs_each_method_once_side_by_side(micro_overrides, tmp_path):
+    """`mmcl demo`'s runner: every method on the same stream and seed into out/<method>/, then
+    one comparison; run again, the finished methods are kept and nothing runs."""
+    overrides = micro_overrides
+    lines = []
+    text = run_methods(["zero-shot", "lora-ft"], tmp_path, overrides, say=lines.append)
+    assert lines[0].startswith("running 2 method(s)")
+    assert sorted(line.split(":")[0] for line in lines[1:]) == ["lora-ft", "zero-shot"]
+    assert "| zero-shot |" in text and "| lora-ft |" in text
+    assert {p.name for p in tmp_path.iterdir()} >= {"zero-shot", "lora-ft", "comparison.md"}
+    lines.clear()
+    assert run_methods(["zero-shot", "lora-ft"], tmp_path, overrides, say=lines.append) == text
+    assert lines == []

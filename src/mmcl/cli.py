@@ -75,42 +75,6 @@ def run(
     end_processes()
 
 
-def compare_methods(methods: list[str], out: Path, overrides: dict[str, Any]) -> str:
-    """Run each method on the same stream and seed into out/<method>/, side by side on a local
-    pool of 1-thread workers (finished methods are kept, killed ones continue); write the
-    comparison. The base model and the data are built first, once."""
-    from mmcl.config import load_config
-    from mmcl.grid import warm_caches
-    from mmcl.grid.cells import Cell
-    from mmcl.grid.executors import default_workers, run_local
-    from mmcl.io import read_json
-    from mmcl.report import write_comparison
-
-    configs = {name: load_config(None, {**overrides, "method.name": name}) for name in methods}
-    cells = [
-        Cell(name, cfg.seed, 0, out / name, cfg.model_dump(mode="json"))
-        for name, cfg in configs.items()
-    ]
-    todo = [c for c in cells if not c.finished]
-    if todo:
-        warm_caches(todo)
-        workers = default_workers(1)
-        console.print(
-            f"running {len(todo)} method(s) on {workers} worker(s) of 1 thread; their progress "
-            f"is in {out}/<method>/log.txt"
-        )
-        # The costliest first (routed methods, then joint), so the pool ends together.
-        for cell, outcome in run_local(todo[::-1], threads=1, workers=workers):
-            if not outcome["ok"]:
-                raise MmclError(
-                    f"{cell.method} failed: {outcome['error']} (log: {cell.folder / 'log.txt'})"
-                )
-            m = read_json(cell.folder / "results.json")["metrics"]
-            console.print(f"{cell.method}: MFN {m['mfn']:.2f} ({outcome['seconds']:.0f} s)")
-    results = [read_json(c.folder / "results.json") for c in cells]
-    return write_comparison(out, results[0]["benchmark"], results)
-
-
 @app.command()
 def compare(
     out: Annotated[Path, typer.Option(help="output directory")],
@@ -178,8 +142,13 @@ def demo(
     """The main job: compare methods on the default `ability` stream with the tiny model."""
     t0 = time.perf_counter()
     # With general retention, on the default stream and seed.
-    text = compare_methods(
-        DEMO_METHODS, out, _overrides("ability", None, 0, None, preset, "builtin")
+    from mmcl.grid import run_methods
+
+    text = run_methods(
+        DEMO_METHODS,
+        out,
+        _overrides("ability", None, 0, None, preset, "builtin"),
+        say=lambda line: console.print(line, highlight=False, markup=False),
     )
     console.print(text)
     console.print(
@@ -202,31 +171,26 @@ def base(
 ) -> None:
     """Train a base model from nothing into --out (the shipped and cached ones untouched) and
     say whether it is, byte for byte, the base mmcl uses for this preset and seed."""
-    import filecmp
-    import json
-
-    from mmcl.pretraining.base import base_folder, train_base
+    from mmcl.pretraining.base import retrain_base
 
     if out.exists():
         raise MmclError(f"{out} exists; choose a new folder")
-    used = base_folder(preset, seed) / "model.safetensors"
     t0 = time.perf_counter()
-    train_base(preset, seed, out)
-    info = json.loads((out / "info.json").read_text())
+    info, used, same = retrain_base(preset, seed, out)
     forms = ", ".join(f"{k} {v:.0f}" for k, v in info["heldout_exact"].items() if "," not in k)
     console.print(
         f"base {preset}, seed {seed}: trained in {time.perf_counter() - t0:.0f} s; position "
         f"probe {info['position_probe']:.2f}; held-out exact match per form: {forms}",
         highlight=False,
     )
-    if not used.exists():
-        console.print(f"no base of it in use yet to compare with ({used.parent})", highlight=False)
-    elif filecmp.cmp(used, out / "model.safetensors", shallow=False):
-        console.print(f"identical to the base in use, {used.parent}", highlight=False)
+    if same is None:
+        console.print(f"no base of it in use yet to compare with ({used})", highlight=False)
+    elif same:
+        console.print(f"identical to the base in use, {used}", highlight=False)
     else:
         console.print(
-            f"[bold]differs[/] from the base in use, {used.parent}: another kind of CPU "
-            "rounds otherwise, or the code changed without a new key",
+            f"[bold]differs[/] from the base in use, {used}: another kind of CPU rounds "
+            "otherwise, or the code changed without a new key",
             highlight=False,
         )
         raise typer.Exit(1)

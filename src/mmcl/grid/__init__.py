@@ -221,3 +221,37 @@ def _run_cells(
                 say(f"[{i}/{len(todo)}] {cell.name} FAILED: {outcome['error']}")
                 say(f"    log: {cell.folder / LOG_FILE}")
     return failed
+
+
+def run_methods(
+    methods: list[str], out: Path, overrides: dict[str, Any], say: Callable[[str], None] = print
+) -> str:
+    """Run each method on the same stream and seed into out/<method>/, side by side on a local
+    pool of 1-thread workers (finished methods are kept, killed ones continue); write the
+    comparison and return it (markdown). The data and the base are built first, once."""
+    from mmcl.grid.executors import default_workers, run_local
+    from mmcl.report import write_comparison
+
+    configs = {name: load_config(None, {**overrides, "method.name": name}) for name in methods}
+    cells = [
+        Cell(name, cfg.seed, 0, out / name, cfg.model_dump(mode="json"))
+        for name, cfg in configs.items()
+    ]
+    todo = [c for c in cells if not c.finished]
+    if todo:
+        warm_caches(todo)
+        workers = default_workers(1)
+        say(
+            f"running {len(todo)} method(s) on {workers} worker(s) of 1 thread; their progress "
+            f"is in {out}/<method>/log.txt"
+        )
+        # The costliest first (routed methods, then joint), so the pool ends together.
+        for cell, outcome in run_local(todo[::-1], threads=1, workers=workers):
+            if not outcome["ok"]:
+                raise MmclError(
+                    f"{cell.method} failed: {outcome['error']} (log: {cell.folder / LOG_FILE})"
+                )
+            m = read_json(cell.folder / "results.json")["metrics"]
+            say(f"{cell.method}: MFN {m['mfn']:.2f} ({outcome['seconds']:.0f} s)")
+    results = [read_json(c.folder / "results.json") for c in cells]
+    return write_comparison(out, results[0]["benchmark"], results)

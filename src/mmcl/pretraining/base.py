@@ -6,6 +6,7 @@ cached by a hash of everything that defines it (`base_key`).
 
 from __future__ import annotations
 
+import filecmp
 import string
 import time
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from mmcl.errors import MmclError
 from mmcl.io import (
     cache_dir,
     load_tensors,
+    read_json,
     run_alone,
     save_tensors,
     stable_hash,
@@ -258,6 +260,16 @@ def train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
     So a key names one set of weights (on a kind of CPU), whichever command built it."""
     with torch_threads(1):
         return _train_base(preset_name, seed, folder)
+
+
+def retrain_base(preset_name: str, seed: int, out: Path) -> tuple[dict, Path, bool | None]:
+    """Train the base of a preset and seed from nothing into `out`, apart from the one in use.
+    Returns its info.json, the folder of the base in use, and whether their weights are the
+    same bytes (None: no base of it in use yet)."""
+    used = base_folder(preset_name, seed) / "model.safetensors"
+    train_base(preset_name, seed, out)
+    same = filecmp.cmp(used, out / "model.safetensors", shallow=False) if used.exists() else None
+    return read_json(out / "info.json"), used.parent, same
 
 
 def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
