@@ -22,8 +22,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate and validate data fi
 app.add_typer(data_app, name="data")
 console = Console()
 
-# Forgetting and the method that stops it. Not joint: three methods of ~3 minutes each need 6 on
-# two cores, two need 3 (the upper bound is one `mmcl compare` away, as the demo says).
+# Forgetting and the method that stops it, the costliest last. Not joint: three methods of ~3
+# minutes need 6 on two cores, two need 3 (the upper bound is one `mmcl compare` away).
 DEMO_METHODS = ["zero-shot", "lora-ft", "mr-lora"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="experiment YAML")]

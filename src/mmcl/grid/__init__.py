@@ -245,7 +245,7 @@ def run_methods(
             f"running {len(todo)} method(s) on {workers} worker(s) of 1 thread; their progress "
             f"is in {out}/<method>/log.txt"
         )
-        # The costliest first (routed methods, then joint), so the pool ends together.
+        # The last listed first: callers list the costliest last, so the pool ends together.
         for cell, outcome in run_local(todo[::-1], threads=1, workers=workers):
             if not outcome["ok"]:
                 raise MmclError(

@@ -1,7 +1,8 @@
 """Base pretraining of the embedded default model: its tokenizer, then two stages on the
 general corpus (data/synth/pretrain.py), as CLIP then LLaVA: the vision encoder learns to see
 (per-cell classification), then projector and LM learn to answer about scenes. The result is
-cached by a hash of everything that defines it (`base_key`).
+cached by a hash of everything that defines it (`base_key`); the default base ships with the
+package under that key (assets/bases/), so every machine starts from the same weights.
 """
 
 from __future__ import annotations
