@@ -128,19 +128,18 @@ def fake_build(payload: bytes):
 def test_mmcl_base_trains_apart_and_says_whether_it_is_the_base_in_use(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))
     cached = tmp_path / "cache" / "base" / f"micro-{base_key('micro', 1)}"
+
+    def mmcl_base(out: str):
+        args = ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / out)]
+        return CliRunner().invoke(app, args)
+
     monkeypatch.setattr(base, "_train_base", fake_build(b"same"))
-    res = CliRunner().invoke(
-        app, ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / "a")]
-    )
+    res = mmcl_base("a")
     assert res.exit_code == 0 and "no base of it in use yet" in res.output
     fake_build(b"same")("micro", 1, cached)
-    res = CliRunner().invoke(
-        app, ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / "b")]
-    )
+    res = mmcl_base("b")
     assert res.exit_code == 0 and "identical to the base in use" in res.output
     monkeypatch.setattr(base, "_train_base", fake_build(b"other"))
-    res = CliRunner().invoke(
-        app, ["base", "--preset", "micro", "--seed", "1", "--out", str(tmp_path / "c")]
-    )
+    res = mmcl_base("c")
     assert res.exit_code == 1 and "differs" in res.output
     assert (cached / "model.safetensors").read_bytes() == b"same"  # the base in use untouched

@@ -324,13 +324,12 @@ def test_a_bad_data_file_stops_the_grid_before_any_base_is_built(tmp_path, monke
 def test_the_demo_runner_runs_each_method_once_side_by_side(micro_overrides, tmp_path):
     """`mmcl demo`'s runner: every method on the same stream and seed into out/<method>/, then
     one comparison; run again, the finished methods are kept and nothing runs."""
-    overrides = micro_overrides
-    lines = []
-    text = run_methods(["zero-shot", "lora-ft"], tmp_path, overrides, say=lines.append)
+    methods, lines = ["zero-shot", "lora-ft"], []
+    text = run_methods(methods, tmp_path, micro_overrides, say=lines.append)
     assert lines[0].startswith("running 2 method(s)")
     assert sorted(line.split(":")[0] for line in lines[1:]) == ["lora-ft", "zero-shot"]
     assert "| zero-shot |" in text and "| lora-ft |" in text
     assert {p.name for p in tmp_path.iterdir()} >= {"zero-shot", "lora-ft", "comparison.md"}
     lines.clear()
-    assert run_methods(["zero-shot", "lora-ft"], tmp_path, overrides, say=lines.append) == text
+    assert run_methods(methods, tmp_path, micro_overrides, say=lines.append) == text
     assert lines == []
