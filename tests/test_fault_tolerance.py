@@ -178,3 +178,42 @@ def test_sigkill_of_the_cli_then_resume(tmp_path, micro_overrides, reference):
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     _same(json.loads((out / "results.json").read_text()), reference[0])
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_end_when_their_parent_is_killed(tmp_path):
+    """A `mmcl compare` killed with SIGKILL must not leave its workers running the cells handed
+    to them, beside the command started again on the same folder."""
+    script = (
+        "import os, time\n"
+        "from mmcl.io import worker_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(1)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)  # a cell still running when the parent dies\n"
+        "    time.sleep(120)\n"
+    )
+    (tmp_path / "parent.py").write_text(script)
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "parent.py")], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)  # the sleep is in the worker's hands
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the pool's worker outlived its killed parent"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,6 +149,30 @@ _LAUNCH_VARS = {
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
     "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
 }  # fmt: skip
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` fresh processes (spawned: a forked torch process can hang in OpenMP)
+    that end when the process that made them dies."""
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_end_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _end_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker within a second of its parent's death. Killed with
+    SIGTERM or SIGKILL (a scheduler, `kill`, out of memory), a parent leaves its workers
+    running the jobs already handed to them, a grid's cells for minutes, and writing into the
+    very folders that the command, started again, then resumes (measured: a `mmcl compare`
+    killed so ran two more cells, for half an hour, beside its rerun)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_alone(fn: Callable[..., Any], *args: Any) -> bool:

@@ -6,14 +6,14 @@ so the same cells give the same results.json on either (every run is seeded and 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 
 from mmcl.errors import MmclError
 from mmcl.grid.cells import Cell, run_cell
+from mmcl.io import worker_pool
 
 Outcome = dict  # {"ok": bool, "error": str | None, "seconds": float}
 
@@ -27,9 +27,7 @@ def run_local(cells: list[Cell], threads: int, workers: int) -> Iterator[tuple[C
     """Run the cells on a pool of `workers` fresh processes of `threads` torch threads each.
     1-thread workers by default: a 2-thread torch process spins when another process is busy
     (DESIGN.md, "Parallel experiments on 2 cores"; measured again for the grid in the README)."""
-    # spawn: a fresh interpreter per worker; a forked torch process can hang in OpenMP.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with worker_pool(workers) as pool:
         futures = {pool.submit(run_cell, str(c.folder), c.config, threads): c for c in cells}
         for future in as_completed(futures):
             try:

@@ -8,12 +8,10 @@ deterministic from (benchmark, seed, sizes): sample i of a split gets its own ge
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mmcl.data.records import PLACEHOLDER, Record, write_records
-from mmcl.io import derive_seed, write_json
+from mmcl.io import derive_seed, worker_pool, write_json
 
 
 @dataclass
@@ -119,8 +117,7 @@ def generate(
     workers = min(os.cpu_count() or 1, sum(sizes.values()) * len(tasks) // CHUNK)
     try:
         if workers > 1:
-            ctx = multiprocessing.get_context("spawn")  # a forked torch process can hang
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            with worker_pool(workers) as pool:
                 chunks = list(pool.map(write_samples, *zip(*jobs, strict=True)))
         else:
             chunks = [write_samples(*job) for job in jobs]
