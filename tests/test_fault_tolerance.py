@@ -198,8 +198,11 @@ def test_pool_workers_end_when_their_parent_is_killed(tmp_path):
         "from mmcl.io import worker_pool\n"
         "if __name__ == '__main__':\n"
         "    pool = worker_pool(1)\n"
-        "    print(pool.submit(os.getpid).result(), flush=True)\n"
-        "    pool.submit(time.sleep, 120)  # a cell still running when the parent dies\n"
+        "    pid = pool.submit(os.getpid).result()\n"
+        "    job = pool.submit(time.sleep, 120)  # a cell handed over when the parent dies\n"
+        "    while not job.running():\n"
+        "        time.sleep(0.01)\n"
+        "    print(pid, flush=True)\n"
         "    time.sleep(120)\n"
     )
     (tmp_path / "parent.py").write_text(script)
@@ -207,7 +210,6 @@ def test_pool_workers_end_when_their_parent_is_killed(tmp_path):
         [sys.executable, str(tmp_path / "parent.py")], stdout=subprocess.PIPE, text=True
     )
     worker = int(parent.stdout.readline())
-    time.sleep(0.5)  # the sleep is in the worker's hands
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 15
