@@ -87,37 +87,6 @@ def test_answers_are_balanced_where_a_constant_answer_would_pay():
     assert max(counting.values()) < 0.33 * sum(counting.values())
 
 
-def test_the_counting_drill_answers_what_its_image_holds_evenly():
-    """The base's drill: each answer recounted from the cells drawn; counts 1-4 and yes/no come
-    about evenly, so no constant answer pays."""
-    import re
-    from collections import Counter
-
-    from mmcl.data.synth.pretrain import PRESENCE_SHARE, make_tally
-
-    answers: dict[str, Counter] = {"tally": Counter(), "exists": Counter()}
-    for i in range(600):
-        s = make_tally(sample_rng(0, "tally", "train", i), "train")
-        found = re.match(
-            r"(?:how many|is there an?) (?:(\w+) )?(letter|digit|[A-Z0-9])s?(?: ([A-Z0-9]))?",
-            s.question,
-        )
-        colour, what, ch = found.groups()
-        if what in ("letter", "digit"):
-            kind = what
-        else:  # "how many As": a character alone, or after its colour
-            kind, ch = ("digit" if what.isdigit() else "letter"), what
-        cells = [(*label.partition(":")[::2], col) for label, col, _ in s.meta["cells"]]
-        hits = sum(k == kind and ch in (None, v) and colour in (None, c) for k, v, c in cells)
-        qtype = s.meta["qtype"]
-        assert s.answers[0] == (str(hits) if qtype == "tally" else "yes" if hits else "no")
-        answers[qtype][s.answers[0]] += 1
-    tally, exists = answers["tally"], answers["exists"]
-    assert abs(sum(exists.values()) / 600 - PRESENCE_SHARE) < 0.06
-    assert set(tally) == {"1", "2", "3", "4"} and max(tally.values()) < 0.3 * sum(tally.values())
-    assert 0.4 < exists["yes"] / sum(exists.values()) < 0.6
-
-
 def test_water_darkens_red_targets():
     """Under water a red target's red channel is a fraction of what it is seen from high
     altitude (water absorbs red first): one colour reads differently from scenario to scenario."""

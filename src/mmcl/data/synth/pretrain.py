@@ -2,8 +2,7 @@
 
 Scenes of letters, digits, symbols, shapes and labelled buttons on the same 4 x 4 grid as the
 benchmarks, with the question forms of a small generalist (SCENE_QUESTIONS): describe a scene;
-name, find and locate an object; count the objects of a kind and give their boxes; and a
-drill of counting letters and digits by colour and character (`make_tally`). No task of
+name, find and locate an object; count the objects of a kind and give their boxes. No task of
 any built-in stream is asked here, so each stream stays unknown to the base model while its
 tasks build on what it sees and the forms it answers.
 
@@ -15,11 +14,10 @@ apart beyond one look; the question stage is trained on the clean half (pretrain
 How the split holds (no stream sample, or stream-like question, is seen here):
 - the streams' own scene generators (scenario's four looks, ability's word/expression/app
   screens, domain's charts and maps) are never called here, and this corpus draws from its own
-  random streams (`sample_rng` keyed by benchmarks "pretrain" and "pretrain-tally");
-- objects are picked by name or kind ("the letter A", "the digits"), and in the counting drill
-  (`make_tally`) letters and digits by colour and character ("the red As"), never shapes or
-  categories by colour among black clutter (`scenario`'s targets) nor shapes by colour
-  (`ability`'s perception); no reading of words, arithmetic or actions.
+  random streams (`sample_rng` keyed by benchmark "pretrain");
+- objects are picked by name or kind ("the letter A", "the digits"), never by colour among
+  black clutter (`scenario`'s targets) nor by colour and shape (`ability`'s perception); no
+  reading of words, arithmetic or actions.
 """
 
 from __future__ import annotations
