@@ -25,7 +25,7 @@ from mmcl.io import cache_dir, read_json, stable_hash
 __all__ = ["Task", "TaskSpec", "get_benchmark", "register_benchmark"]  # Task(Spec): data/tasks.py
 
 # Bump when a generator's output changes, so caches made by older code are not reused.
-GENERATOR_VERSION = 18
+GENERATOR_VERSION = 17
 
 
 @dataclass(frozen=True)
@@ -167,15 +167,6 @@ PRETRAIN = SynthBenchmark(
     ("scenes",),
     train_size=20000,
     test_size=200,
-)
-# Its counting drill (pretraining/base.py), apart so that its size is the preset's.
-PRETRAIN_TALLY = SynthBenchmark(
-    "pretrain-tally",
-    "a counting drill for base pretraining",
-    "pretrain",
-    ("tally",),
-    train_size=48000,
-    test_size=500,
 )
 # Its audio/video counterpart, which extends that base to hear and watch (pretraining/media.py).
 PRETRAIN_AV = SynthBenchmark(

@@ -41,10 +41,6 @@ class Preset:
     align_samples: int  # stage 2: projector + LM on questions about clean scenes (as LLaVA)
     pretrain: dict = field(default_factory=dict)  # TrainSettings fields of stage 2
     copy_layers: int = 1  # the LM's last layers that start as identity copies (copy_init)
-    # Stage 2's counting drill beside the scenes (pretrain.make_tally): counting by colour is
-    # learned after 24 000 to 40 000 passes of it (bases 0 and 1), far more than streams give.
-    tally_samples: int = 48000
-    match_layers: int = 0  # the LM's first layers whose first head starts matching (match_init)
 
 
 PRESETS: dict[str, Preset] = {
@@ -65,7 +61,6 @@ PRESETS: dict[str, Preset] = {
         # Both layers: with the copy in its last layer only, the tests' two-layer model learned
         # too little for lora-ft's scores to differ between seeds.
         copy_layers=2,
-        tally_samples=1000,
     ),
     "tiny": Preset(
         64,
@@ -83,7 +78,6 @@ PRESETS: dict[str, Preset] = {
         # With the copy in the last layer only (base 0's encoder, held-out describe): 3% at lr
         # 2e-3 (loss 0.70: it diverged), 51% at 1e-3, 95% at 5e-4.
         {"epochs": 1, "batch_size": 32, "lr": 5e-4},
-        match_layers=2,
     ),
 }
 
@@ -114,25 +108,6 @@ def copy_init(lm: LlamaForCausalLM, layers: int) -> None:
         with torch.no_grad():
             attn.v_proj.weight.copy_(torch.eye(*attn.v_proj.weight.shape))
             attn.o_proj.weight.copy_(torch.eye(*attn.o_proj.weight.shape))
-
-
-def match_init(lm: LlamaForCausalLM, layers: int, scale: float = 1.5) -> None:
-    """Initialise the first head of the LM's first `layers` attention layers to attend from a
-    token to the tokens like it: its query and key projections read the same input dimensions,
-    into the head dimensions that the rotary code turns slowest (the second half of each
-    rotary half), so the score of two alike tokens stays high across the few dozen positions
-    between an image token and the question. Counting ("how many red As are there?") and
-    presence are such searches: the question's words find the image tokens that carry the same
-    words (VisualWords), and the layers above count what was found."""
-    cfg = lm.config
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    slow = [*range(head_dim // 4, head_dim // 2), *range(3 * head_dim // 4, head_dim)]
-    for layer in lm.model.layers[:layers]:
-        attn = layer.self_attn
-        with torch.no_grad():
-            for proj in (attn.q_proj, attn.k_proj):
-                proj.weight[:head_dim].zero_()
-                proj.weight[slow, range(len(slow))] = scale
 
 
 class VisualWords(nn.Module):
@@ -194,7 +169,6 @@ def build_backbone(preset: Preset, tokenizer, seed: int = 0) -> ComposedBackbone
     tower = VisionTower(CLIPVisionModel(vcfg))
     lm = LlamaForCausalLM(lcfg)
     copy_init(lm, preset.copy_layers)
-    match_init(lm, preset.match_layers)
     core = ComposedMLLM(
         lm,
         {"image": tower},

@@ -46,7 +46,7 @@ from mmcl.question_types import qtype_scores
 from mmcl.train import TrainSettings
 
 # Bump when the architecture code or the pretraining corpus changes meaning.
-BASE_VERSION = 10
+BASE_VERSION = 9
 
 
 def tokenizer_corpus(n_scenes: int = 2000) -> list[str]:
@@ -274,7 +274,7 @@ def retrain_base(preset_name: str, seed: int, out: Path) -> tuple[dict, Path, bo
 
 
 def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
-    from mmcl.data.benchmarks import PRETRAIN, PRETRAIN_TALLY
+    from mmcl.data.benchmarks import PRETRAIN
     from mmcl.train import train
 
     preset = get_preset(preset_name)
@@ -282,7 +282,6 @@ def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
     tokenizer = train_tokenizer(preset.vocab_size)
     backbone = build_backbone(preset, tokenizer, seed)
     (task,) = PRETRAIN.load(seed, train_size=preset.vision_samples, test_size=1000)
-    (drill,) = PRETRAIN_TALLY.load(seed, train_size=preset.tally_samples)
     t0 = time.perf_counter()
     pixels, labels = cell_labels(backbone, task.train)
     vision_acc, object_acc = pretrain_vision(backbone, pixels, labels, seed)
@@ -290,19 +289,17 @@ def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
     # Stage 2 as LLaVA: the encoder stays frozen, projector and LM learn to use it, on the
     # clean renders: the looks are the encoder's to see through (measured on `scenario`'s joint
     # training, base seed 0: category 25.5 -> 80.6, counting 35.8 -> 72.3 once it saw them).
-    # The counting drill is shuffled in among the scenes, so the forms are learned together.
     backbone.set_trainable(backbone.non_encoder_parameters())
-    scenes = [r for r in task.train if r.meta["clean"]][: preset.align_samples]
     stats = train(
         backbone,
-        scenes + drill.train,
+        [r for r in task.train if r.meta["clean"]][: preset.align_samples],
         TrainSettings(**preset.pretrain),
         seed,
         desc=f"base pretraining ({preset_name})",
     )
     stats.seconds = time.perf_counter() - t0
     probe = position_probe(backbone, pixels[-1000:], seed)
-    heldout = heldout_accuracy(backbone, [r for r in task.test if r.meta["clean"]] + drill.test)
+    heldout = heldout_accuracy(backbone, [r for r in task.test if r.meta["clean"]])
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     write_json(

@@ -33,11 +33,9 @@ from mmcl.data.synth.draw import (
     LETTERS,
     SHAPES,
     add_noise,
-    canvas,
     draw_button,
     draw_glyph,
     draw_shape,
-    light_background,
     position_name,
 )
 from mmcl.data.synth.looks import generic_canvas, relight
@@ -73,30 +71,25 @@ def object_count(cells: list) -> int:
     return sum(label[0] != "empty" for label in cells)
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _object(rng: np.random.Generator) -> tuple[str, str, str, str]:
-    """(kind, what to draw, its name in words, its caption). The name picks it by what it is
-    ("the letter A"); the caption, which `describe` answers with, says its colour too ("the red
-    letter A"), so that the base learns the colours of glyphs as well as of shapes."""
+def _object(rng: np.random.Generator) -> tuple[str, str, str]:
+    """(kind, what to draw, its name in words)."""
     kind = _pick(rng, ["letter", "letter", "digit", "digit", "shape", "shape", "button", "symbol"])
     colour = _pick(rng, list(COLOURS))
-    if kind in ("letter", "digit"):
-        ch = _pick(rng, LETTERS if kind == "letter" else DIGITS)
-        return kind, f"{ch}|{colour}", f"the {kind} {ch}", f"the {colour} {kind} {ch}"
+    if kind == "letter":
+        ch = _pick(rng, LETTERS)
+        return kind, f"{ch}|{colour}", f"the letter {ch}"
+    if kind == "digit":
+        ch = _pick(rng, DIGITS)
+        return kind, f"{ch}|{colour}", f"the digit {ch}"
     if kind == "symbol":
         ch = _pick(rng, list(SYMBOLS))
-        return kind, f"{ch}|{colour}", f"the {SYMBOLS[ch]}", f"the {colour} {SYMBOLS[ch]}"
+        return kind, f"{ch}|{colour}", f"the {SYMBOLS[ch]}"
     if kind == "button":
         colour = _pick(rng, [c for c in COLOURS if c != "black"])
         ch = _pick(rng, LETTERS)
-        name = f"{_article(colour)} {colour} button labelled {ch}"
-        return kind, f"{ch}|{colour}", name, name
+        return kind, f"{ch}|{colour}", f"a {colour} button labelled {ch}"
     shape = _pick(rng, SHAPES)
-    name = f"{_article(colour)} {colour} {shape}"
-    return kind, f"{shape}|{colour}", name, name
+    return kind, f"{shape}|{colour}", f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
 
 
 # The question forms of the corpus, with the share of each; a caller may ask for one form. How
@@ -129,7 +122,7 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
     objs = []
     labels = [["empty", "none", "plain"] for _ in GRID.cells()]
     for r, c in _pick(rng, GRID.cells(), n):
-        kind, spec, name, caption = _object(rng)
+        kind, spec, name = _object(rng)
         what, colour = spec.split("|")
         if kind == "button":
             labels[r * GRID.n + c] = [f"letter:{what}", colour, "button"]
@@ -144,21 +137,21 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
             draw_shape(d, what, box, COLOURS[colour])
         elif kind != "button":
             draw_glyph(d, what, GRID.box(r, c, pad=1), COLOURS[colour])
-        objs.append(((r, c), kind, name, caption))
+        objs.append(((r, c), kind, name))
     objs.sort()  # reading order
     if not clean:
         img = relight(img, rng)
-    names = [obj[2] for obj in objs]
+    names = [name for _, _, name in objs]
     draw = rng.random()  # drawn either way, so a forced form leaves the scenes as they were
     mode = question or next(q for q, upto in SCENE_QUESTIONS if draw < upto)
-    (r, c), kind, name, _ = objs[int(rng.integers(0, n))]
+    (r, c), kind, name = objs[int(rng.integers(0, n))]
     if mode == "describe":
-        q, a = "describe the image.", "; ".join(obj[3] for obj in objs) + "."
+        q, a = "describe the image.", "; ".join(names) + "."
     elif mode == "colour":
         plain = labels[r * GRID.n + c][0]  # kind:value, without the colour
         if (
             kind == "button"
-            or sum(labels[rr * GRID.n + cc][0] == plain for (rr, cc), *_ in objs) > 1
+            or sum(labels[rr * GRID.n + cc][0] == plain for (rr, cc), _, _ in objs) > 1
         ):
             return make_scene(rng, split, question)
         if kind == "shape":
@@ -172,8 +165,8 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
             return make_scene(rng, split, question)
         q, a = f"where is {name}?", position_name(r, c)
     elif mode in ("count", "boxes"):
-        kind = _pick(rng, [obj[1] for obj in objs] + ["object"])  # one of the scene's
-        cells = [(rr, cc) for (rr, cc), k, *_ in objs if kind in (k, "object")]
+        kind = _pick(rng, [k for _, k, _ in objs] + ["object"])  # one of the scene's
+        cells = [(rr, cc) for (rr, cc), k, _ in objs if kind in (k, "object")]
         plural = KINDS.get(kind, "objects")
         if mode == "count":
             q, a = f"how many {plural} are there?", str(len(cells))
@@ -189,68 +182,6 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
     )
 
 
-# The counting drill's share of presence questions ("is there a red letter A?"), beside counts.
-PRESENCE_SHARE = 0.4
-
-
-def make_tally(rng: np.random.Generator, split: str) -> Sample:
-    """The counting drill: how many letters or digits of a colour, a character or both there
-    are ("how many red letters are there?", "how many As are there?", "how many red As are
-    there?"), or whether there is one of a colour (and character), among others that differ in
-    what is asked. Counting needs a search of the whole image for what matches the question,
-    which the LM learns late (tens of thousands of passes); here it is learned on characters,
-    so a stream's counting of shapes (`ability`'s perception) stays a new task that builds on
-    it. A count (1-4) is drawn first, so every answer is as common as the others; a presence
-    question is answered "no" as often as "yes"; when a question picks by colour and character,
-    half the others are near misses (the character in another colour, or the colour on another
-    character). Meta: the cells' labels,
-    the question's form (`qtype`: "tally" or "exists") and what it picks by (`form`)."""
-    kind = _pick(rng, ["letter", "digit"])
-    chars, colours = (LETTERS if kind == "letter" else DIGITS), [c for c in COLOURS if c != "black"]
-    exists = rng.random() < PRESENCE_SHARE
-    form = _pick(rng, ["colour", "both"] if exists else ["colour", "char", "both"])
-    ch, colour = _pick(rng, chars), _pick(rng, colours)
-    count = int(rng.integers(0, 2)) if exists else int(rng.integers(1, 5))
-    objects = [
-        (
-            ch if form != "colour" else _pick(rng, chars),
-            colour if form != "char" else _pick(rng, colours),
-        )
-        for _ in range(count)
-    ]
-    target = {"colour": (None, colour), "char": (ch, None), "both": (ch, colour)}[form]
-
-    def matches(obj: tuple[str, str]) -> bool:
-        return all(want in (None, got) for want, got in zip(target, obj, strict=True))
-
-    n = count + int(rng.integers(1 if exists else 0, 4))
-    while len(objects) < n:
-        near = form == "both" and rng.random() < 0.5
-        obj = (
-            (ch, _pick(rng, colours))
-            if near and rng.random() < 0.5
-            else (_pick(rng, chars), colour)
-            if near
-            else (_pick(rng, chars), _pick(rng, colours))
-        )
-        if not matches(obj):
-            objects.append(obj)
-    img, d = canvas(GRID, light_background(rng))
-    labels = [["empty", "none", "plain"] for _ in GRID.cells()]
-    for (r, c), (what, col) in zip(_pick(rng, GRID.cells(), n), objects, strict=True):
-        draw_glyph(d, what, GRID.box(r, c, pad=1), COLOURS[col])
-        labels[r * GRID.n + c] = [f"{kind}:{what}", col, "plain"]
-    picked = {"colour": f"{colour} {kind}", "char": ch, "both": f"{colour} {ch}"}[form]
-    if exists:
-        asked = f"{_article(colour)} {colour} {kind}" + (f" {ch}" if form == "both" else "")
-        q, a = f"is there {asked} in the image?", "yes" if count else "no"
-    else:
-        q, a = f"how many {picked}s are there?", str(count)
-    meta = {"cells": labels, "clean": True, "qtype": "exists" if exists else "tally", "form": form}
-    return Sample(q, [a], [add_noise(img, rng)], meta=meta)
-
-
 TASKS = {
-    "scenes": SynthTask("scenes", "image", "lenient", "describing objects in a scene", make_scene),
-    "tally": SynthTask("tally", "image", "lenient", "counting characters by colour", make_tally),
+    "scenes": SynthTask("scenes", "image", "lenient", "describing objects in a scene", make_scene)
 }
