@@ -23,10 +23,12 @@ def test_generation_is_deterministic_and_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "b"))
     b = bench.materialize(3, 6, 4)
     assert _digest(a) == _digest(b)
+    # math gets twice the training samples of the others (its train_scale), tests as many
+    sizes = {"ocr": 6, "math": 12, "perception": 6, "gui": 6}
     for task in bench.order:
         for split in ("train", "test"):
             n, problems = validate_file(a / task / f"{split}.json")
-            assert problems == [] and n == (6 if split == "train" else 4)
+            assert problems == [] and n == (sizes[task] if split == "train" else 4)
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "c"))
     assert _digest(bench.materialize(4, 6, 4)) != _digest(a)
 

@@ -40,11 +40,15 @@ SampleMaker = Callable[[np.random.Generator, str], Sample]
 
 @dataclass(frozen=True)
 class SynthTask:
+    """A task's spec and sample maker. `train_scale` multiplies the benchmark's training size
+    for a task whose skill needs more samples than the others to be learned at all."""
+
     name: str
     modality: str
     metric: str
     description: str
     make: SampleMaker
+    train_scale: int = 1
 
 
 # Writers turn one media object into a file; audio and video register theirs in synth/media.py.
@@ -108,13 +112,18 @@ def generate(
     `if __name__ == "__main__":` guard of spawned pools."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    scale = {t: family_tasks(family)[t].train_scale for t in tasks}
+    counts = {
+        (t, split): n * (scale[t] if split == "train" else 1)
+        for t in tasks
+        for split, n in sizes.items()
+    }
     jobs = [
         (family, task, split, seed, tmp / task, range(a, min(a + CHUNK, n)))
-        for task in tasks
-        for split, n in sizes.items()
+        for (task, split), n in counts.items()
         for a in range(0, n, CHUNK)
     ]
-    workers = min(os.cpu_count() or 1, sum(sizes.values()) * len(tasks) // CHUNK)
+    workers = min(os.cpu_count() or 1, sum(counts.values()) // CHUNK)
     try:
         if workers > 1:
             with worker_pool(workers) as pool:
