@@ -37,7 +37,7 @@ class TaskFiles(_Strict):
 
 class DataSettings(_Strict):
     train_size: int | None = Field(
-        None, ge=1, description="training samples per task (ability's math takes twice as many)"
+        None, ge=1, description="training samples per task (a built-in task may take a multiple)"
     )
     test_size: int | None = Field(None, ge=1, description="test samples per task")
     root: Path | None = Field(None, description="data root of a real-data benchmark")

@@ -112,9 +112,9 @@ def generate(
     `if __name__ == "__main__":` guard of spawned pools."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    scale = {t: family_tasks(family)[t].train_scale for t in tasks}
+    specs = family_tasks(family)
     counts = {
-        (t, split): n * (scale[t] if split == "train" else 1)
+        (t, split): n * (specs[t].train_scale if split == "train" else 1)
         for t in tasks
         for split, n in sizes.items()
     }
