@@ -300,10 +300,7 @@ def data_generate(
     out: Annotated[Path, typer.Option(help="where to write the benchmark")],
     benchmark: Annotated[str, typer.Option(help="benchmark name")] = "ability",
     seed: Annotated[int, typer.Option()] = 0,
-    train_size: Annotated[
-        int | None,
-        typer.Option(help="training samples per task (a built-in task may take a multiple)"),
-    ] = None,
+    train_size: Annotated[int | None, typer.Option(help="training samples per task")] = None,
     test_size: Annotated[int | None, typer.Option(help="test samples per task")] = None,
 ) -> None:
     """Write a procedural benchmark to disk (LLaVA train JSON, MLLM-CL test JSON, media)."""
