@@ -2,11 +2,14 @@
 
 Four scenarios share the object categories (the shapes of draw.py), the colours and the
 question types, and differ in how the scene looks:
-- high_altitude: top-down over tarmac, many small objects with tiny shadows;
+- high_altitude: top-down over tarmac, many small objects with tiny shadows, under the
+  blue-white veil of the air between camera and ground (washed-out colours, lifted darks);
 - underwater: water absorbs red first (red targets turn dark, orange and yellow green-grey),
   then a blue-green cast, haze and caustic light patterns over a gradient;
-- low_altitude: an oblique view with sky, horizon and road; objects grow towards the camera;
-- indoor: a room (wall, wooden floor, a table), larger objects, lamp lighting.
+- low_altitude: an oblique view with sky, horizon and road; objects grow towards the camera
+  and, lying on the ground, are foreshortened to half their height;
+- indoor: a room (wall, wooden floor, a table), larger objects, lit by a warm tungsten lamp
+  that is poor in blue and green (yellow turns orange, blue dark).
 
 Objects sit in the cells of the 4 x 4 grid of 16 px cells (one object per cell, of a size that
 varies with the scenario), which is what the embedded model's vision encoder was pretrained on.
@@ -29,8 +32,11 @@ encoder was pretrained on generic looks too, and its image tokens carry their po
 number words); existence, which needs a comparison, is the type it does not learn (README,
 "The embedded base model").
 
-The looks disturb each other where it counts: the colours water changes read as drawn in the
-other scenarios, so what a model learns to read under water can be undone by them (README, "The
+The looks disturb each other where it counts, each in its own way, as real scenarios do: water
+and the tungsten lamp shift colours in opposite directions (under water orange reads as yellow,
+under the lamp yellow as orange), the air washes them out, and the oblique view changes how
+shapes look. The base's encoder, which has seen none of these looks, misreads them differently
+in each scenario, so what a model learns to read in one can be undone by the next (README, "The
 embedded base model", has what lora-ft and UNIFIER keep of it).
 A visit has 2000 training samples: with 1000, the first visits still taught the skills that
 every scenario shares, and later visits kept raising them, hiding that forgetting.
@@ -105,7 +111,10 @@ def _high_altitude(rng: np.random.Generator, targets: int) -> tuple[Image.Image,
         x0, y0, x1, y1 = GRID.box(r, c, pad=pad)
         draw_shape(d, shape, (x0 + 1, y0 + 1, x1 + 1, y1 + 1), (45, 45, 45))  # shadow
         draw_shape(d, shape, (x0, y0, x1, y1), COLOURS[colour])
-    return add_noise(img, rng, 5.0), objs
+    # Seen through kilometres of air: a blue-white veil lifts the darks and washes colours out.
+    haze = float(rng.uniform(0.35, 0.5))
+    arr = _arr(img) * (1 - haze) + np.array([195, 205, 225]) * haze
+    return add_noise(_img(arr), rng, 5.0), objs
 
 
 def _underwater(rng: np.random.Generator, targets: int) -> tuple[Image.Image, list[Obj]]:
@@ -150,7 +159,8 @@ def _low_altitude(rng: np.random.Generator, targets: int) -> tuple[Image.Image, 
         pad = {1: 4, 2: 2, 3: int(rng.integers(0, 2))}[r]  # perspective: nearer is larger
         x0, y0, x1, y1 = GRID.box(r, c, pad=pad)
         d.ellipse((x0, y1 - 2, x1 + 2, y1 + 1), fill=(40, 55, 30))  # shadow on the ground
-        draw_shape(d, shape, (x0, y0, x1, y1), COLOURS[colour])
+        # Seen obliquely, an object lying on the ground is foreshortened: half its height.
+        draw_shape(d, shape, (x0, (y0 + y1) // 2, x1, y1), COLOURS[colour])
     return add_noise(img, rng, 4.0), objs
 
 
@@ -173,7 +183,9 @@ def _indoor(rng: np.random.Generator, targets: int) -> tuple[Image.Image, list[O
     ly, lx = _pick(rng, [(0, 0), (0, GRID.size), (GRID.size / 2, 0), (GRID.size / 2, GRID.size)])
     dist = np.hypot(y - ly, x - lx) / (GRID.size * 1.4)
     light = float(rng.uniform(1.05, 1.2)) - float(rng.uniform(0.3, 0.45)) * dist
-    arr = arr * light[..., None] + np.array([14, 8, -8])  # a warm lamp in one corner
+    # A warm tungsten lamp in one corner: its light is poor in blue and green.
+    gains = np.array([1.0, rng.uniform(0.72, 0.82), rng.uniform(0.4, 0.55)])
+    arr = arr * light[..., None] * gains
     return add_noise(_img(arr), rng, 4.0), objs
 
 
