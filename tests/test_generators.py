@@ -89,20 +89,48 @@ def test_answers_are_balanced_where_a_constant_answer_would_pay():
     assert max(counting.values()) < 0.33 * sum(counting.values())
 
 
-def test_water_darkens_red_targets():
-    """Under water a red target's red channel is a fraction of what it is seen from high
-    altitude (water absorbs red first): one colour reads differently from scenario to scenario."""
+def _targets(scenario: str, colour: str, samples: int = 40) -> list[np.ndarray]:
+    """The pixels of each cell that holds a target of `colour`, over a scenario's scenes."""
+    look, _ = SCENARIOS[scenario]
+    cells = []
+    for i in range(samples):
+        img, objs = look(sample_rng(0, scenario, "train", i), 3)
+        arr = np.asarray(img, dtype=np.float32)
+        for r, c, _, col in objs:
+            if col == colour:
+                x0, y0, x1, y1 = ability.GRID.box(r, c)
+                cells.append(arr[y0:y1, x0:x1])
+    return cells
 
-    def red_level(scenario: str) -> float:
-        look, _ = SCENARIOS[scenario]
-        levels = []
-        for i in range(40):
-            img, objs = look(sample_rng(0, scenario, "train", i), 3)
-            arr = np.asarray(img, dtype=np.float32)
-            for r, c, _, colour in objs:
-                if colour == "red":
-                    x0, y0, x1, y1 = ability.GRID.box(r, c)
-                    levels.append(arr[(y0 + y1) // 2, (x0 + x1) // 2, 0])
-        return float(np.mean(levels))
 
-    assert red_level("underwater") < 0.6 * red_level("high_altitude")
+def _centre(cell: np.ndarray) -> np.ndarray:
+    return cell[cell.shape[0] // 2, cell.shape[1] // 2]
+
+
+def test_each_look_disturbs_targets_its_own_way():
+    """Water absorbs red; the tungsten lamp turns yellow towards orange, the other way from
+    the water's orange-to-yellow; on the ground of the oblique view an object is foreshortened
+    (its upper half is empty). One colour or shape reads differently from scenario to
+    scenario, so the looks interfere."""
+    red = {
+        s: np.mean([_centre(c)[0] for c in _targets(s, "red")])
+        for s in ("underwater", "high_altitude")
+    }
+    assert red["underwater"] < 0.6 * red["high_altitude"]
+
+    def green_over_red(scenario: str) -> float:
+        return float(np.mean([_centre(c)[1] / _centre(c)[0] for c in _targets(scenario, "yellow")]))
+
+    assert green_over_red("indoor") < 0.85 * green_over_red("high_altitude")
+
+    def upper_share(scenario: str) -> float:
+        """Of a blue target cell's pixels that still look blue, the share in its upper half
+        (under water, where blue stays blue and objects are drawn whole: about a third)."""
+        hits = []
+        for cell in _targets(scenario, "blue"):
+            close = np.abs(cell - np.array([40, 80, 220])).sum(-1) < 90
+            hits.append(close[: cell.shape[0] // 2].sum() / max(1, close.sum()))
+        return float(np.mean(hits))
+
+    assert upper_share("low_altitude") < 0.1
+    assert upper_share("underwater") > 0.25
