@@ -1,3 +1,4 @@
+import functools
 import hashlib
 
 import numpy as np
@@ -5,6 +6,7 @@ import numpy as np
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.records import validate_file
 from mmcl.data.synth import ability, sample_rng
+from mmcl.data.synth.draw import COLOURS
 from mmcl.data.synth.scenario import SCENARIOS
 
 
@@ -89,18 +91,23 @@ def test_answers_are_balanced_where_a_constant_answer_would_pay():
     assert max(counting.values()) < 0.33 * sum(counting.values())
 
 
-def _targets(scenario: str, colour: str, samples: int = 40) -> list[np.ndarray]:
-    """The pixels of each cell that holds a target of `colour`, over a scenario's scenes."""
+@functools.cache
+def _target_cells(scenario: str, samples: int = 40) -> dict[str, list[np.ndarray]]:
+    """The pixels of each cell that holds a target, by the target's colour, over a scenario's
+    scenes (rendered once per scenario for every check)."""
     look, _ = SCENARIOS[scenario]
-    cells = []
+    cells: dict[str, list[np.ndarray]] = {}
     for i in range(samples):
         img, objs = look(sample_rng(0, scenario, "train", i), 3)
         arr = np.asarray(img, dtype=np.float32)
-        for r, c, _, col in objs:
-            if col == colour:
-                x0, y0, x1, y1 = ability.GRID.box(r, c)
-                cells.append(arr[y0:y1, x0:x1])
+        for r, c, _, colour in objs:
+            x0, y0, x1, y1 = ability.GRID.box(r, c)
+            cells.setdefault(colour, []).append(arr[y0:y1, x0:x1])
     return cells
+
+
+def _targets(scenario: str, colour: str) -> list[np.ndarray]:
+    return _target_cells(scenario)[colour]
 
 
 def _centre(cell: np.ndarray) -> np.ndarray:
@@ -128,7 +135,7 @@ def test_each_look_disturbs_targets_its_own_way():
         (under water, where blue stays blue and objects are drawn whole: about a third)."""
         hits = []
         for cell in _targets(scenario, "blue"):
-            close = np.abs(cell - np.array([40, 80, 220])).sum(-1) < 90
+            close = np.abs(cell - np.array(COLOURS["blue"])).sum(-1) < 90
             hits.append(close[: cell.shape[0] // 2].sum() / max(1, close.sum()))
         return float(np.mean(hits))
 

@@ -108,6 +108,12 @@ def light_background(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in base)
 
 
+def blend(a: np.ndarray, b: np.ndarray, share: float | np.ndarray) -> np.ndarray:
+    """`a` moved towards `b` by `share` (0: a, 1: b): a veil, a cast or a gradient; arrays or
+    colours, `share` a number or an array that broadcasts."""
+    return a * (1 - share) + b * share
+
+
 def add_noise(img: Image.Image, rng: np.random.Generator, amount: float = 6.0) -> Image.Image:
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, amount, size=(img.height, img.width, 1))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

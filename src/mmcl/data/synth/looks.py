@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mmcl.data.synth.draw import Grid, canvas, light_background
+from mmcl.data.synth.draw import Grid, blend, canvas, light_background
 
 CLEAN_SHARE = 0.5  # scenes rendered clean (light background, no relighting)
 
@@ -32,7 +32,7 @@ def _background(rng: np.random.Generator, grid: Grid) -> np.ndarray:
     if kind == 1:
         angle = rng.uniform(0, 2 * np.pi)
         t = np.clip(0.5 + (x - 0.5) * np.cos(angle) + (y - 0.5) * np.sin(angle), 0, 1)[..., None]
-        return _tone(rng) * (1 - t) + _tone(rng) * t
+        return blend(_tone(rng), _tone(rng), t)
     arr = np.broadcast_to(_tone(rng), (size, size, 3)).copy()
     if kind == 2:
         arr += rng.normal(0, rng.uniform(4, 14), size=(size, size, 1))
@@ -60,10 +60,10 @@ def relight(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     y, x = _unit_coords(img.height)
     if rng.random() < 0.5:
         cast = rng.uniform(0.1, 0.35)
-        arr = arr * (1 - cast) + _tone(rng, 0, 256) * cast
+        arr = blend(arr, _tone(rng, 0, 256), cast)
     if rng.random() < 0.4:
         haze = rng.uniform(0.05, 0.25) * (y if rng.random() < 0.5 else 1 - y)[..., None]
-        arr = arr * (1 - haze) + _tone(rng, 150, 256) * haze
+        arr = blend(arr, _tone(rng, 150, 256), haze)
     if rng.random() < 0.4:
         ly, lx = rng.uniform(0, 1, size=2)
         light = rng.uniform(1.0, 1.2) - rng.uniform(0.2, 0.45) * np.hypot(y - ly, x - lx)

@@ -54,7 +54,7 @@ from PIL import Image, ImageDraw
 
 from mmcl.data.synth import Sample, SynthTask
 from mmcl.data.synth.ability import GRID, _pick
-from mmcl.data.synth.draw import COLOURS, SHAPES, add_noise, draw_shape, position_name
+from mmcl.data.synth.draw import COLOURS, SHAPES, add_noise, blend, draw_shape, position_name
 from mmcl.metrics import format_boxes
 
 OBJECT_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -113,7 +113,7 @@ def _high_altitude(rng: np.random.Generator, targets: int) -> tuple[Image.Image,
         draw_shape(d, shape, (x0, y0, x1, y1), COLOURS[colour])
     # Seen through kilometres of air: a blue-white veil lifts the darks and washes colours out.
     haze = float(rng.uniform(0.35, 0.5))
-    arr = _arr(img) * (1 - haze) + np.array([195, 205, 225]) * haze
+    arr = blend(_arr(img), np.array([195, 205, 225]), haze)
     return add_noise(_img(arr), rng, 5.0), objs
 
 
@@ -121,7 +121,7 @@ def _underwater(rng: np.random.Generator, targets: int) -> tuple[Image.Image, li
     y, x = _coords()
     top, bottom = np.array([45, 160, 175]), np.array([10, 55, 90])
     t = (y / (GRID.size - 1))[..., None]
-    img = _img(top * (1 - t) + bottom * t + rng.normal(0, 4, size=(GRID.size, GRID.size, 1)))
+    img = _img(blend(top, bottom, t) + rng.normal(0, 4, size=(GRID.size, GRID.size, 1)))
     d = ImageDraw.Draw(img)
     objs = _place(rng, GRID.cells(), int(rng.integers(3, 8)), targets)
     for r, c, shape, colour in objs:
@@ -129,9 +129,9 @@ def _underwater(rng: np.random.Generator, targets: int) -> tuple[Image.Image, li
     # Water absorbs long wavelengths first (the module docstring says what that does).
     arr = _arr(img) * np.array([rng.uniform(0.25, 0.45), rng.uniform(0.7, 0.85), 1.0])
     cast = float(rng.uniform(0.2, 0.35))  # and the scattered light is blue-green
-    arr = arr * (1 - cast) + np.array([0, 120, 140]) * cast
+    arr = blend(arr, np.array([0, 120, 140]), cast)
     haze = float(rng.uniform(0.1, 0.25)) * (0.5 + 0.5 * (1 - y / GRID.size))[..., None]
-    arr = arr * (1 - haze) + np.array([110, 180, 190]) * haze
+    arr = blend(arr, np.array([110, 180, 190]), haze)
     f1, f2, ph = rng.uniform(0.25, 0.45), rng.uniform(0.25, 0.45), rng.uniform(0, 2 * np.pi)
     caustics = np.maximum(0, np.sin(x * f1 + np.sin(y * 0.2) * 2 + ph) * np.sin(y * f2 - ph))
     arr += float(rng.uniform(25, 45)) * (caustics**3)[..., None]
@@ -144,7 +144,7 @@ def _low_altitude(rng: np.random.Generator, targets: int) -> tuple[Image.Image, 
     sky = np.array([150, 195, 240]) + (y / horizon)[..., None] * np.array([45, 30, 8])
     far, near = np.array([150, 165, 120]), np.array([70, 120, 50])
     t = np.clip((y - horizon) / (GRID.size - horizon), 0, 1)[..., None]
-    ground = far * (1 - t) + near * t
+    ground = blend(far, near, t)
     arr = np.where((y < horizon)[..., None], sky, ground)
     img = _img(arr + rng.normal(0, 4, size=(GRID.size, GRID.size, 1)))
     d = ImageDraw.Draw(img)
