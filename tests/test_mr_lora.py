@@ -343,7 +343,8 @@ def test_an_expert_list_read_by_the_base_runs_once(micro_stream):
         cache = lm(inputs_embeds=core.embed(ids[None, :shared], {}), use_cache=True).cache
         backbone.use_adapters("router")
         batch = backbone.collate(records[:1], False)
-        rest = core.embed(ids[None, shared:], batch.media)
+        # The media read the whole prompt, the list too (as in a full forward pass).
+        rest = core.embed(ids[None, shared:], batch.media, prompt_ids=ids[None])
         want = lm(inputs_embeds=rest, cache=cache).logits[0, -1]
     assert torch.allclose(scores[0][0], want, atol=1e-4), (scores[0][0] - want).abs().max()
     # A shallow router (`router_layers`) keeps the keys and values of the layers it runs.

@@ -69,7 +69,9 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 
 class VisualWords(nn.Module):
     """The MLP plus linear heads whose class probabilities map to word embeddings, plus a
-    row and a column embedding per image token."""
+    row and a column embedding per token, plus the `asked` vector times the token's mark: the
+    probability that it shows what the prompt names (a `naming` row's token ids), multiplied
+    over the heads the prompt names a class of; 0 where it names nothing."""
 
     def __init__(self, in_dim: int, out_dim: int, classes: list[int], side: int):
         super().__init__()
@@ -78,10 +80,21 @@ class VisualWords(nn.Module):
         self.mlp = _mlp(in_dim, out_dim)
         self.heads = nn.ModuleList([nn.Linear(in_dim, n) for n in classes])
         self.words = nn.Linear(sum(classes), out_dim, bias=False)
+        self.asked = nn.Parameter(torch.zeros(out_dim))
+        self.register_buffer("naming", torch.full((sum(classes), 4), -1, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.cat([h(x).softmax(-1) for h in self.heads], dim=-1)
-        return self.mlp(x) + self.words(probs) + (self.rows + self.cols).flatten(0, 1)
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        probs = [h(x).softmax(-1) for h in self.heads]
+        hit = (self.naming[None, :, :, None] == prompt[:, None, None, :]) & (prompt >= 0)[
+            :, None, None, :
+        ]
+        named = hit.flatten(2).any(-1).float()
+        mark = torch.ones(probs[0].shape[:2], device=x.device)
+        for p, n in zip(probs, named.split([q.shape[-1] for q in probs], -1), strict=True):
+            mark = mark * torch.where(n.any(-1, keepdim=True), (p * n[:, None, :]).sum(-1), 1.0)
+        mark = mark * named.any(-1, keepdim=True)
+        out = self.mlp(x) + self.words(torch.cat(probs, -1)) + (self.rows + self.cols).flatten(0, 1)
+        return out + mark.unsqueeze(-1) * self.asked
 
 
 class VisionTower(nn.Module):
@@ -125,8 +138,18 @@ class MmclForConditionalGeneration(PreTrainedModel):
         """Token embeddings with each image token's replaced by a projected patch feature."""
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            feats = self.projectors["image"](self.encoders["image"](pixel_values))
-            mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
+            feats = self.encoders["image"](pixel_values)
+            proj = self.projectors["image"]
+            mask = input_ids == self.config.image_token_id
+            if isinstance(proj, VisualWords):  # each image reads its row's prompt before it
+                cols = torch.arange(input_ids.shape[1], device=input_ids.device)
+                before = cols < mask.int().argmax(1)[:, None]
+                per_row = mask.sum(1) * len(feats) // max(int(mask.sum()), 1)
+                prompt = input_ids.masked_fill(~before, -1).repeat_interleave(per_row, dim=0)
+                feats = proj(feats, prompt)
+            else:
+                feats = proj(feats)
+            mask = mask.unsqueeze(-1)
             emb = emb.masked_scatter(mask, feats.to(emb.dtype))
         return emb
 

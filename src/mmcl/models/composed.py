@@ -239,6 +239,7 @@ class ComposedBackbone(Backbone):
             cache=cache,
             position_ids=shared + (smask.cumsum(1) - 1).clamp(min=0),
             logits_to_keep=0 if train else 1,
+            prompt_ids=batch.input_ids,  # the media read the whole prompt, prefix included
         ).logits
 
     def _prefix_cache(self, prefix: torch.Tensor, rows: int) -> DynamicCache:
@@ -299,7 +300,9 @@ class ComposedBackbone(Backbone):
         adapted = is_adapted(self.core.encoders) or is_adapted(self.core.projectors)
         if batch.media and not batch.encoded and not adapted:
             with self.eval_mode():
-                batch.encoded = {m: self.core.encode(m, x) for m, x in batch.media.items()}
+                batch.encoded = {
+                    m: self.core.encode(m, x, batch.input_ids) for m, x in batch.media.items()
+                }
         return batch
 
     def _forward(self, batch: Batch, hidden: bool, **kw):

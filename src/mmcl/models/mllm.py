@@ -65,21 +65,46 @@ class ComposedMLLM(nn.Module):
         self.projectors = nn.ModuleDict(projectors)
         self.token_ids = token_ids
 
-    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Media tensors -> projected features, one per placeholder token."""
-        return self.projectors[modality](self.encoders[modality](x))
+    def encode(
+        self, modality: str, x: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Media tensors -> projected features, one per placeholder token. A projector that
+        reads the prompt (`reads_prompt`) gets each item's: the tokens of its row of
+        `input_ids` before that row's first placeholder (the question, which comes first;
+        never the answer, which comes after the media); without `input_ids`, none."""
+        feats = self.encoders[modality](x)
+        proj = self.projectors[modality]
+        if not getattr(proj, "reads_prompt", False):
+            return proj(feats)
+        return proj(
+            feats, None if input_ids is None else self._prompts(input_ids, modality, len(x))
+        )
+
+    def _prompts(self, input_ids: torch.Tensor, modality: str, items: int) -> torch.Tensor:
+        """(items, L): for each media item, its row's tokens before the row's first
+        placeholder of the modality, -1 elsewhere (rows hold items in order)."""
+        mask = input_ids == self.token_ids[modality]
+        before = (
+            torch.arange(input_ids.shape[1], device=input_ids.device)
+            < mask.int().argmax(1)[:, None]
+        )
+        per_row = mask.sum(1) * items // max(int(mask.sum()), 1)
+        return input_ids.masked_fill(~before, -1).repeat_interleave(per_row, dim=0)
 
     def embed(
         self,
         input_ids: torch.Tensor,
         media: dict[str, torch.Tensor],
         encoded: dict[str, torch.Tensor] | None = None,
+        prompt_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings with each media placeholder's replaced by the media's features
-        (`encoded` ones as given, the others encoded here)."""
+        (`encoded` ones as given, the others encoded here, with the prompts of `prompt_ids`
+        if given: the whole rows of which `input_ids` continue a cached prefix)."""
         emb = self.lm.get_input_embeddings()(input_ids)
+        prompts = input_ids if prompt_ids is None else prompt_ids
         for m, x in media.items():
-            feats = encoded[m] if encoded and m in encoded else self.encode(m, x)
+            feats = encoded[m] if encoded and m in encoded else self.encode(m, x, prompts)
             mask = (input_ids == self.token_ids[m]).unsqueeze(-1)
             emb = emb.masked_scatter(mask, feats.to(emb.dtype))
         return emb
@@ -94,13 +119,14 @@ class ComposedMLLM(nn.Module):
         cache=None,
         position_ids=None,
         logits_to_keep=0,
+        prompt_ids=None,
     ):
         """The LM over the embedded prompt; with `cache`, the tokens after a prefix whose keys
         and values it holds (`attention_mask` then covers both, `position_ids` are given)."""
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.lm(
-            inputs_embeds=self.embed(input_ids, media or {}, encoded),
+            inputs_embeds=self.embed(input_ids, media or {}, encoded, prompt_ids),
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
