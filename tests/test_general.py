@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mmcl.config import EvalSettings, load_config
+from mmcl.data.synth.pretrain import IMAGE_WORDS, PHRASINGS
 from mmcl.errors import DataError, MmclError
 from mmcl.evaluate import TaskResult
 from mmcl.general import (
@@ -245,7 +246,8 @@ def test_suites_from_config_names_and_errors(tmp_path):
     assert [len(b.tasks[0].test) for b in benches] == [2, 2, 2, 2, 2, 2]
     assert all(not t.train for b in benches[:3] for t in b.tasks)  # never trained on
     assert all(r.prompt.endswith("in the image? Hm?") for t in benches[-1].tasks for r in t.test)
-    assert benches[0].tasks[0].test[0].prompt == "<image>\ndescribe the image."
+    described = {p.format(img=w) for p in PHRASINGS["describe"] for w in IMAGE_WORDS}
+    assert benches[0].tasks[0].test[0].prompt.removeprefix("<image>\n") in described
     with pytest.raises(MmclError, match="needs a root"):
         load_general(EvalSettings(general=["mme"]), 0)
     with pytest.raises(MmclError, match="unknown suite"):

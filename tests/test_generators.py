@@ -5,7 +5,7 @@ import numpy as np
 
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.records import validate_file
-from mmcl.data.synth import ability, sample_rng
+from mmcl.data.synth import ability, family_tasks, pretrain, sample_rng
 from mmcl.data.synth.draw import COLOURS
 from mmcl.data.synth.scenario import SCENARIOS
 
@@ -54,6 +54,19 @@ def test_ocr_test_words_never_appear_in_training():
         ability.make_ocr(sample_rng(0, "ocr", "test", i), "test").answers[0] for i in range(300)
     }
     assert train.isdisjoint(test)
+
+
+def test_no_stream_question_is_asked_in_base_pretraining():
+    corpus = {
+        pretrain.make_scene(sample_rng(0, "scenes", "train", i), "train").question
+        for i in range(3000)
+    }
+    assert len(corpus) > 300  # every form in its phrasings, about many objects
+    for family in ("ability", "domain", "micl", "scenario"):
+        for name, task in family_tasks(family).items():
+            made = (task.make(sample_rng(0, name, "train", i), "train") for i in range(60))
+            asked = {s.question for s in made}
+            assert asked.isdisjoint(corpus), (family, name, asked & corpus)
 
 
 def test_answers_match_task_formats():

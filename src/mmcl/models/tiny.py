@@ -38,7 +38,7 @@ class Preset:
     lm_intermediate: int
     vocab_size: int
     vision_samples: int  # stage 1: per-cell classification (stands in for CLIP pretraining)
-    align_samples: int  # stage 2: projector + LM on questions about clean scenes (as LLaVA)
+    align_samples: int  # stage 2: projector + LM on questions about scenes (as LLaVA)
     pretrain: dict = field(default_factory=dict)  # TrainSettings fields of stage 2
     copy_layers: int = 1  # the LM's last layers that start as identity copies (copy_init)
 

@@ -8,8 +8,9 @@ tasks build on what it sees and the forms it answers.
 
 Half the scenes are clean renders on a light background; the other half have a generic look
 (looks.py: backgrounds of any tone and texture, a colour cast, haze, uneven light, shadows,
-objects of varied size). The vision stage sees them all, so its encoder tells shapes and colours
-apart beyond one look; the question stage is trained on the clean half (pretraining/base.py).
+objects of varied size). Both stages see them all (pretraining/base.py), so the encoder tells
+shapes and colours apart beyond one look and the LM answers about scenes of any look. Each form
+is asked in several phrasings (PHRASINGS), as a generalist is asked in many words.
 
 How the split holds (no stream sample, or stream-like question, is seen here):
 - the streams' own scene generators (scenario's four looks, ability's word/expression/app
@@ -18,6 +19,8 @@ How the split holds (no stream sample, or stream-like question, is seen here):
 - objects are picked by name or kind ("the letter A", "the digits"), never by colour among
   black clutter (`scenario`'s targets) nor by colour and shape (`ability`'s perception); no
   reading of words, arithmetic or actions.
+- no question of the corpus is a question of a stream (tests/test_generators.py checks the
+  questions of every stream task against 3 000 of the corpus's).
 """
 
 from __future__ import annotations
@@ -103,6 +106,25 @@ SCENE_QUESTIONS = (
     ("count", 0.92),  # how many objects of a kind
     ("boxes", 1.0),  # the grid-cell boxes of the objects of a kind
 )
+# Each form in several phrasings, as a generalist is asked in many words: it learns to answer
+# the form, whatever the filler words. None is a stream's template (tests/test_generators.py).
+PHRASINGS = {
+    "describe": ("describe the {img}.", "describe the scene.", "what objects are in the {img}?"),
+    "colour": ("what colour is {name}?", "what is the colour of {name}?"),
+    "presence": ("is there {name} in the {img}?", "does the {img} show {name}?"),
+    "where": ("where is {name}?", "in which row and column is {name}?"),
+    "count": (
+        "how many {plural} are there?",
+        "how many {plural} can you see?",
+        "how many {plural} does the {img} show?",
+    ),
+    "boxes": (
+        "give the bounding boxes of the {plural}.",
+        "where are the {plural}? give their bounding boxes.",
+    ),
+    "position": ("what is at {pos}?", "which object is at {pos}?", "what do you see at {pos}?"),
+}
+IMAGE_WORDS = ("image", "picture", "photo")
 KINDS = {
     "letter": "letters",
     "digit": "digits",
@@ -146,7 +168,7 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
     mode = question or next(q for q, upto in SCENE_QUESTIONS if draw < upto)
     (r, c), kind, name = objs[int(rng.integers(0, n))]
     if mode == "describe":
-        q, a = "describe the image.", "; ".join(names) + "."
+        slots, a = {}, "; ".join(names) + "."
     elif mode == "colour":
         plain = labels[r * GRID.n + c][0]  # kind:value, without the colour
         if (
@@ -156,27 +178,28 @@ def make_scene(rng: np.random.Generator, split: str, question: str | None = None
             return make_scene(rng, split, question)
         if kind == "shape":
             name = f"the {plain.split(':')[1]}"
-        q, a = f"what colour is {name}?", labels[r * GRID.n + c][1]
+        slots, a = {"name": name}, labels[r * GRID.n + c][1]
     elif mode == "presence":
         asked = name if rng.random() < 0.5 else _object(rng)[2]
-        q, a = f"is there {asked} in the image?", "yes" if asked in names else "no"
+        slots, a = {"name": asked}, "yes" if asked in names else "no"
     elif mode == "where":
         if names.count(name) > 1:
             return make_scene(rng, split, question)
-        q, a = f"where is {name}?", position_name(r, c)
+        slots, a = {"name": name}, position_name(r, c)
     elif mode in ("count", "boxes"):
         kind = _pick(rng, [k for _, k, _ in objs] + ["object"])  # one of the scene's
         cells = [(rr, cc) for (rr, cc), k, _ in objs if kind in (k, "object")]
         plural = KINDS.get(kind, "objects")
+        slots = {"plural": plural}
         if mode == "count":
-            q, a = f"how many {plural} are there?", str(len(cells))
+            a = str(len(cells))
         elif len(cells) > 3:  # scenes of up to three boxes keep the answers short
             return make_scene(rng, split, question)
         else:
-            q = f"give the bounding boxes of the {plural}."
             a = format_boxes([(cc, rr, cc + 1, rr + 1) for rr, cc in cells])
     else:
-        q, a = f"what is at {position_name(r, c)}?", name
+        slots, a = {"pos": position_name(r, c)}, name
+    q = _pick(rng, PHRASINGS[mode]).format(img=_pick(rng, IMAGE_WORDS), **slots)
     return Sample(
         q, [a], [add_noise(img, rng)], meta={"cells": labels, "clean": clean, "qtype": mode}
     )
