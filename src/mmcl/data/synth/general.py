@@ -4,8 +4,9 @@ Held-out scenes (each task draws its own samples, never the pretraining corpus's
 question form of the corpus per task: describe a scene, name an object's colour, name the
 object at a position. None of it is a task of any built-in stream, so it measures what
 continual tuning costs the base model's own skills. The corpus's fourth form, whether an object
-is there, is left out: the tiny base answers it "yes" whatever the scene (50% on balanced
-questions, chance), and the retention of a skill the base lacks says nothing.
+is there, is left out: bases before v11 answered it "yes" whatever the scene (chance), and the
+suite keeps its three tasks so that retention stays comparable across bases. Each question comes
+in any of the corpus's phrasings.
 """
 
 from __future__ import annotations
