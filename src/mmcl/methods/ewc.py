@@ -33,7 +33,8 @@ class EwcOptions(LoraOptions):
     fisher: Literal["model", "empirical"] = Field(
         "model", description="labels of the Fisher: sampled from the model, or the references"
     )
-    weight: float = Field(1000.0, ge=0, description="lambda: weight of the quadratic penalty")
+    # A LoRA's diagonal Fisher is ~1e-4: at 1e3 the penalty barely pulls (configs/ability-ewc.yaml).
+    weight: float = Field(10000.0, ge=0, description="lambda: weight of the quadratic penalty")
     gamma: float = Field(1.0, ge=0, le=1, description="decay of the older tasks' Fisher")
     fisher_samples: int = Field(128, ge=1, description="training samples per Fisher estimate")
     fisher_batch_size: int = Field(
