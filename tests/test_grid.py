@@ -305,6 +305,21 @@ def test_a_grid_being_run_is_not_run_twice(grid_config, tmp_path):
     assert not (out / "lora-ft").exists()
 
 
+def test_a_setting_one_method_lacks_stops_the_grid_before_any_cell(grid_config, tmp_path):
+    """The config's `method` settings go to every method: one that another method does not
+    take fails at once, naming both, not in that method's cells after the others trained."""
+    config = tmp_path / "unifier.yaml"
+    config.write_text(grid_config.read_text() + "method: {name: unifier, vcc: false}\n")
+    out = tmp_path / "grid"
+    res = runner.invoke(
+        app, ["compare", "-c", str(config), "--methods", "lora-ft,unifier", "--out", str(out)]
+    )
+    assert res.exit_code != 0
+    assert isinstance(res.exception, MmclError)
+    assert "--methods lora-ft" in str(res.exception) and "vcc" in str(res.exception)
+    assert not out.exists()
+
+
 def test_a_bad_data_file_stops_the_grid_before_any_base_is_built(tmp_path, monkeypatch):
     """Generated streams render while the bases train; a user's files are read before, so a
     bad one is reported at once, not after minutes of base pretraining."""

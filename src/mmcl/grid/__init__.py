@@ -62,13 +62,20 @@ def parse_seeds(text: str) -> list[int]:
 def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
     """Every cell of the grid, by seed, then order, then method (so that finished cells form
     complete pairs early), and the task orders."""
-    from mmcl.methods import get_method
+    from mmcl.methods import method_options
     from mmcl.runner import stream_specs
 
     if not spec.methods or len(set(spec.methods)) != len(spec.methods):
         raise MmclError(f"--methods: give distinct method names ({spec.methods})")
-    for name in spec.methods:  # fail on a typo before hours of training
-        get_method(name)
+    for name in spec.methods:  # fail on a typo before hours of training, not in a cell
+        cfg = load_config(spec.config, {**spec.overrides, "method.name": name})
+        try:
+            method_options(name, cfg.method.options())
+        except MmclError as e:
+            raise MmclError(
+                f"--methods {name}: {e}\n(the config's `method` settings go to every method of "
+                "--methods: keep there only the settings they all take)"
+            ) from None
     if spec.reference is not None and spec.reference not in spec.methods:
         raise MmclError(f"--reference {spec.reference!r} is not among --methods {spec.methods}")
     base_cfg = load_config(spec.config, spec.overrides)
