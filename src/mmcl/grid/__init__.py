@@ -62,12 +62,13 @@ def parse_seeds(text: str) -> list[int]:
 def plan(spec: GridSpec) -> tuple[list[Cell], list[list[str]]]:
     """Every cell of the grid, by seed, then order, then method (so that finished cells form
     complete pairs early), and the task orders."""
-    from mmcl.methods import method_options
+    from mmcl.methods import get_method, method_options
     from mmcl.runner import stream_specs
 
     if not spec.methods or len(set(spec.methods)) != len(spec.methods):
         raise MmclError(f"--methods: give distinct method names ({spec.methods})")
     for name in spec.methods:  # fail on a typo before hours of training, not in a cell
+        get_method(name)
         cfg = load_config(spec.config, {**spec.overrides, "method.name": name})
         try:
             method_options(name, cfg.method.options())
