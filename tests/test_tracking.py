@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,7 +43,10 @@ def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
     # holds only that second, and a file of the resumed run must not overwrite the killed one's.
     import tensorboardX.event_file_writer as event_file_writer
 
-    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: 1.8e9))
+    # Frozen at the real time: a writer thread the killed run leaves behind compares it with
+    # the real clock once the patch is gone (a distant time overflowed its queue's timeout).
+    frozen = time.time()
+    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: frozen))
     cfg = load_config(None, {**micro_overrides, "method.name": "ewc", "track": ["tensorboard"]})
     with killed_after_first_step():
         Run(cfg, tmp_path / "run").execute()
