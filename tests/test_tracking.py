@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from accelerate.utils import is_wandb_available
 from mmcl.config import load_config
 from mmcl.errors import MmclError
 from mmcl.runner import Run
-from mmcl.tracking import flat_config, resolve_trackers
+from mmcl.tracking import RunTracker, flat_config, resolve_trackers
 
 pytest.importorskip("tensorboardX")
 
@@ -43,13 +44,17 @@ def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
     # holds only that second, and a file of the resumed run must not overwrite the killed one's.
     import tensorboardX.event_file_writer as event_file_writer
 
-    # Frozen at the real time: a writer thread the killed run leaves behind compares it with
-    # the real clock once the patch is gone (a distant time overflowed its queue's timeout).
+    # Frozen at the real time: a writer thread that outlived its test would compare it with the
+    # real clock once the patch is gone (a distant time overflowed its queue's timeout).
     frozen = time.time()
     monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: frozen))
     cfg = load_config(None, {**micro_overrides, "method.name": "ewc", "track": ["tensorboard"]})
     with killed_after_first_step():
         Run(cfg, tmp_path / "run").execute()
+    # The killed run closed its writer: no writer thread of it is left behind.
+    assert not [
+        t for t in threading.enumerate() if isinstance(t, event_file_writer._EventLoggerThread)
+    ]
     # Resumed: the x-axis continues where the killed run's last step ended.
     res = Run(cfg, tmp_path / "run").execute(resume=True)
     scalars = read_scalars(tmp_path / "run" / "tensorboard")
@@ -95,3 +100,22 @@ def test_no_tracking_and_clear_errors(tmp_path, micro_overrides):
         "a.c": "[1, 2]",
         "d": "null",
     }
+
+
+def test_a_run_stopped_by_an_error_is_marked_failed():
+    class Fake:
+        def __init__(self, name: str):
+            self.name, self.ended = name, None
+            self.run = SimpleNamespace(finish=lambda exit_code=0: setattr(self, "ended", exit_code))
+
+        def finish(self) -> None:
+            self.ended = "finished"
+
+    trackers = [Fake("wandb"), Fake("tensorboard")]
+    with pytest.raises(KeyboardInterrupt), RunTracker(trackers, ["t"]):
+        raise KeyboardInterrupt
+    assert [t.ended for t in trackers] == [1, "finished"]  # W&B's crashed run is not "finished"
+    trackers = [Fake("wandb")]
+    with RunTracker(trackers, ["t"]):
+        pass
+    assert trackers[0].ended == "finished"

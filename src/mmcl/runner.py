@@ -88,6 +88,22 @@ def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
     }
 
 
+def _fresh_state(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run checkpoints, before its zero-shot evaluation."""
+    return {
+        "config": config,
+        "zero_shot": None,
+        "rows": [],
+        "counts": {},
+        "routing": [],
+        "trained_params": [],
+        "next_step": 0,
+        "train_s": 0.0,
+        "eval_s": 0.0,
+        "train_samples": 0,
+    }
+
+
 class Run:
     """One experiment (benchmark x method x seed) writing into `out`."""
 
@@ -142,63 +158,53 @@ class Run:
             **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
         )
         found = self._find_checkpoint() if resume else None
-        tracker = RunTracker.open(
+        with RunTracker.open(
             cfg.track, self.out, cfg.model_dump(mode="json"), [t.name for t in tasks]
-        )
-        if found is None:
-            state = {
-                "config": cfg.model_dump(mode="json"),
-                "zero_shot": None,
-                "rows": [],
-                "counts": {},
-                "routing": [],
-                "trained_params": [],
-                "next_step": 0,
-                "train_s": 0.0,
-                "eval_s": 0.0,
-                "train_samples": 0,
-            }
-            # The base model is evaluated before the method adds anything to it.
-            state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
-            self._general(backbone, None, general, "zero_shot", state)
-            tracker.zero_shot(state["zero_shot"], state.get("general", {}).get("zero_shot"))
-            method.setup()
-            self._save(ZERO_SHOT_STEP, state, backbone, method)
-        else:
-            method.setup()
-            state = self._restore(found, backbone, method)
-            method.restore_tasks(tasks[: state["next_step"]])
-        if not method.trains:
-            state["rows"] = [state["zero_shot"]] * len(tasks)
-        elif method.joint and state["next_step"] == 0:
-            merged = Task(specs[0], [r for t in tasks for r in t.train], [])
-            self._train_step(method, merged, 0, settings, state, tracker, joint=True)
-            row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
-            self._general(backbone, method, general, "step0", state)
-            state["rows"] = [row] * len(tasks)
-            tracker.after_step(
-                len(tasks) - 1,
-                state,
-                routing,
-                method.report(),
-                state.get("general", {}).get("step0"),
-            )
-            state.update(counts=counts, next_step=len(tasks))
-            self._save(0, state, backbone, method)
-        else:
-            for step in range(state["next_step"], len(tasks)):
-                self._train_step(method, tasks[step], step, settings, state, tracker)
-                row, counts, routing = self._evaluate(backbone, method, tasks, f"step{step}", state)
-                if is_due(step, len(tasks), cfg.eval.general_every):
-                    self._general(backbone, method, general, f"step{step}", state)
-                state["rows"].append(row)
-                state["routing"].append(routing)
-                general_now = state.get("general", {}).get(f"step{step}")
-                tracker.after_step(step, state, routing, method.report(), general_now)
-                state.update(counts=counts, next_step=step + 1)
-                self._save(step, state, backbone, method)
-        method.after_stream()
-        tracker.finish()
+        ) as tracker:
+            if found is None:
+                state = _fresh_state(cfg.model_dump(mode="json"))
+                # The base model is evaluated before the method adds anything to it.
+                state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
+                self._general(backbone, None, general, "zero_shot", state)
+                tracker.zero_shot(state["zero_shot"], state.get("general", {}).get("zero_shot"))
+                method.setup()
+                self._save(ZERO_SHOT_STEP, state, backbone, method)
+            else:
+                method.setup()
+                state = self._restore(found, backbone, method)
+                method.restore_tasks(tasks[: state["next_step"]])
+            if not method.trains:
+                state["rows"] = [state["zero_shot"]] * len(tasks)
+            elif method.joint and state["next_step"] == 0:
+                merged = Task(specs[0], [r for t in tasks for r in t.train], [])
+                self._train_step(method, merged, 0, settings, state, tracker, joint=True)
+                row, counts, routing = self._evaluate(backbone, method, tasks, "step0", state)
+                self._general(backbone, method, general, "step0", state)
+                state["rows"] = [row] * len(tasks)
+                tracker.after_step(
+                    len(tasks) - 1,
+                    state,
+                    routing,
+                    method.report(),
+                    state.get("general", {}).get("step0"),
+                )
+                state.update(counts=counts, next_step=len(tasks))
+                self._save(0, state, backbone, method)
+            else:
+                for step in range(state["next_step"], len(tasks)):
+                    self._train_step(method, tasks[step], step, settings, state, tracker)
+                    row, counts, routing = self._evaluate(
+                        backbone, method, tasks, f"step{step}", state
+                    )
+                    if is_due(step, len(tasks), cfg.eval.general_every):
+                        self._general(backbone, method, general, f"step{step}", state)
+                    state["rows"].append(row)
+                    state["routing"].append(routing)
+                    general_now = state.get("general", {}).get(f"step{step}")
+                    tracker.after_step(step, state, routing, method.report(), general_now)
+                    state.update(counts=counts, next_step=step + 1)
+                    self._save(step, state, backbone, method)
+            method.after_stream()
         results = assemble_results(cfg, tasks, method, state)
         if general:
             tags = [

@@ -173,6 +173,22 @@ class RunTracker:
                 t.init_kwargs["filename_suffix"] = _fresh_suffix(Path(t.logging_dir))
                 t.start()
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
+        """End every tracker. A run stopped by an error (or Ctrl-C) is marked failed where the
+        tracker has such a status, so it does not read as a finished run."""
         for t in self.trackers:
-            t.finish()
+            if failed and t.name == "wandb":
+                t.run.finish(exit_code=1)
+            elif failed and t.name == "mlflow":
+                import mlflow
+
+                mlflow.end_run(status="FAILED")
+            else:
+                t.finish()
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        # Also on an error: TensorBoard's writer thread would otherwise outlive the run.
+        self.finish(failed=kind is not None)
