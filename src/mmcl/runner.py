@@ -158,11 +158,10 @@ class Run:
             **{**method.train_defaults, **cfg.train.model_dump(exclude_unset=True)}
         )
         found = self._find_checkpoint() if resume else None
-        with RunTracker.open(
-            cfg.track, self.out, cfg.model_dump(mode="json"), [t.name for t in tasks]
-        ) as tracker:
+        config = cfg.model_dump(mode="json")
+        with RunTracker.open(cfg.track, self.out, config, [t.name for t in tasks]) as tracker:
             if found is None:
-                state = _fresh_state(cfg.model_dump(mode="json"))
+                state = _fresh_state(config)
                 # The base model is evaluated before the method adds anything to it.
                 state["zero_shot"], _, _ = self._evaluate(backbone, None, tasks, "zero_shot", state)
                 self._general(backbone, None, general, "zero_shot", state)
