@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from mmcl.cli import app
 from mmcl.config import load_config
 from mmcl.errors import MmclError
-from mmcl.export import export_run, trained_run
+from mmcl.export import export_run, standalone_modeling, trained_run
+from mmcl.pretraining.base import pretrained_backbone
 from mmcl.runner import Run, load_tasks
 from test_tracking import read_scalars
 from tiny_hf import save_tiny_llava, write_colour_stream
@@ -195,3 +196,38 @@ def test_a_method_peft_cannot_hold_is_refused_and_nothing_is_written(tmp_path, m
     with pytest.raises(MmclError, match="smolora cannot be exported as peft adapters: its two"):
         export_run(tmp_path / "run", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_the_exported_projector_marks_what_mmcl_marks():
+    """The exported model's visual words read the prompt as mmcl's do, kind words of several
+    tokens included ("coloured" is four tokens of the micro tokenizer)."""
+    backbone = pretrained_backbone("micro")
+    proj, tok = backbone.core.projectors["image"], backbone.tokenizer
+    heads = [h.out_features for h in proj.heads]
+    twin = standalone_modeling().VisualWords(
+        proj.heads[0].in_features,
+        proj.asked.numel(),
+        heads,
+        proj.rows.shape[0],
+        list(proj.naming.shape[1:]),
+    )
+    twin.load_state_dict(proj.state_dict())
+    questions = [
+        "how many coloured objects are there?",
+        "how many red circles are there?",
+        "describe the image.",
+    ]
+    ids = [tok(f"user: {q}").input_ids for q in questions]
+    prompt = torch.full((len(ids), max(map(len, ids))), -1)
+    for i, row in enumerate(ids):
+        prompt[i, : len(row)] = torch.tensor(row)
+    x = torch.randn(
+        len(ids),
+        proj.rows.shape[0] ** 2,
+        proj.heads[0].in_features,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        assert torch.allclose(twin(x, prompt), proj(x, prompt), atol=1e-6)
+        # the "coloured" question marks the tokens; the description marks none
+        assert not torch.allclose(proj(x[:1], prompt[:1]), proj(x[:1], prompt[2:]))

@@ -62,6 +62,9 @@ def test_marks_are_what_the_prompt_names_of_each_token():
         "is there a circle in the image?": [1, 1, 0, 0, 0],
         "how many red objects are there?": [1, 0, 1, 1, 0],
         "how many shapes are there?": [1, 1, 1, 0, 0],
+        # a kind word of several tokens: any colour but black
+        "how many coloured objects are there?": [1, 1, 1, 1, 0],
+        "is there a colored square in the image?": [0, 0, 1, 0, 0],
         "is there a red button labelled A in the image?": [0, 0, 0, 1, 0],
         "describe the image.": [0, 0, 0, 0, 0],
     }

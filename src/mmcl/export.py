@@ -19,10 +19,12 @@ The folder is written beside --out and renamed into place when complete.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from importlib.resources import files
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from mmcl import checkpoint
@@ -84,11 +86,19 @@ def _base_weights(backbone: Backbone) -> dict[str, Any]:
     return base_state(backbone.state_dict())
 
 
+def standalone_modeling() -> ModuleType:
+    """assets/modeling_mmcl.py as a module: the very file an exported folder holds, which
+    loads with transformers alone (not mmcl's classes)."""
+    code = files("mmcl.assets").joinpath("modeling_mmcl.py")
+    spec = importlib.util.spec_from_file_location("modeling_mmcl", str(code))
+    modeling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(modeling)
+    return modeling
+
+
 def export_embedded_base(backbone: Backbone, out: Path) -> None:
     """The embedded composed model as a transformers folder (weights, config, model code,
     processor with the chat template), loadable without mmcl."""
-    import importlib.util
-
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     core = backbone.core
@@ -97,10 +107,7 @@ def export_embedded_base(backbone: Backbone, out: Path) -> None:
             "export: the embedded base with audio/video encoders has no transformers "
             "counterpart yet; export covers the image model (and hf-native runs)"
         )
-    code = files("mmcl.assets").joinpath("modeling_mmcl.py")
-    spec = importlib.util.spec_from_file_location("modeling_mmcl", str(code))
-    modeling = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(modeling)  # the very file the folder will hold, not mmcl's classes
+    modeling = standalone_modeling()
     proj = core.projectors["image"]
     vision = core.encoders["image"].model.config
     config = modeling.MmclConfig(
@@ -108,6 +115,7 @@ def export_embedded_base(backbone: Backbone, out: Path) -> None:
         text_config=core.lm.config.to_dict(),
         image_token_id=core.token_ids["image"],
         word_classes=[h.out_features for h in getattr(proj, "heads", [])],
+        naming_shape=list(proj.naming.shape[1:]) if hasattr(proj, "naming") else None,
         auto_map={
             "AutoConfig": "modeling_mmcl.MmclConfig",
             "AutoModelForImageTextToText": "modeling_mmcl.MmclForConditionalGeneration",
@@ -122,7 +130,7 @@ def export_embedded_base(backbone: Backbone, out: Path) -> None:
             "LoRA methods and finetune"
         )
     model.save_pretrained(out)
-    shutil.copyfile(str(code), out / "modeling_mmcl.py")
+    shutil.copyfile(modeling.__file__, out / "modeling_mmcl.py")
     size = vision.image_size
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(

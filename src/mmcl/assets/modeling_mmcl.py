@@ -38,6 +38,7 @@ class MmclConfig(PretrainedConfig):
         text_config: dict | LlamaConfig | None = None,
         image_token_id: int = 4,
         word_classes: list[int] | None = None,
+        naming_shape: list[int] | None = None,
         **kwargs,
     ):
         if not isinstance(vision_config, CLIPVisionConfig):
@@ -48,6 +49,7 @@ class MmclConfig(PretrainedConfig):
         self.text_config = text_config
         self.image_token_id = image_token_id
         self.word_classes = list(word_classes or [])
+        self.naming_shape = list(naming_shape or [4, 1])  # forms per class, tokens per form
         super().__init__(**kwargs)
 
 
@@ -70,10 +72,11 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 class VisualWords(nn.Module):
     """The MLP plus linear heads whose class probabilities map to word embeddings, plus a
     row and a column embedding per token, plus the `asked` vector times the token's mark: the
-    probability that it shows what the prompt names (a `naming` row's token ids), multiplied
-    over the heads the prompt names a class of; 0 where it names nothing."""
+    probability that it shows what the prompt names (a `naming` row's forms: token ids,
+    right-aligned), multiplied over the heads the prompt names a class of; 0 where it names
+    nothing."""
 
-    def __init__(self, in_dim: int, out_dim: int, classes: list[int], side: int):
+    def __init__(self, in_dim: int, out_dim: int, classes: list[int], side: int, naming: list):
         super().__init__()
         self.rows = nn.Parameter(torch.zeros(side, 1, out_dim))
         self.cols = nn.Parameter(torch.zeros(1, side, out_dim))
@@ -81,13 +84,16 @@ class VisualWords(nn.Module):
         self.heads = nn.ModuleList([nn.Linear(in_dim, n) for n in classes])
         self.words = nn.Linear(sum(classes), out_dim, bias=False)
         self.asked = nn.Parameter(torch.zeros(out_dim))
-        self.register_buffer("naming", torch.full((sum(classes), 4), -1, dtype=torch.long))
+        self.register_buffer("naming", torch.full((sum(classes), *naming), -1, dtype=torch.long))
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         probs = [h(x).softmax(-1) for h in self.heads]
-        hit = (self.naming[None, :, :, None] == prompt[:, None, None, :]) & (prompt >= 0)[
-            :, None, None, :
-        ]
+        width = self.naming.shape[-1]
+        hit = (self.naming[None, :, :, -1, None] >= 0) & (prompt >= 0)[:, None, None, :]
+        for k in range(width):  # a form's token k places before its last one
+            want = self.naming[None, :, :, width - 1 - k, None]
+            seen = nn.functional.pad(prompt, (k, 0), value=-1)[:, None, None, : prompt.shape[1]]
+            hit = hit & ((want < 0) | (want == seen))
         named = hit.flatten(2).any(-1).float()
         mark = torch.ones(probs[0].shape[:2], device=x.device)
         for p, n in zip(probs, named.split([q.shape[-1] for q in probs], -1), strict=True):
@@ -124,6 +130,7 @@ class MmclForConditionalGeneration(PreTrainedModel):
                 text.hidden_size,
                 config.word_classes,
                 vision.image_size // vision.patch_size,
+                config.naming_shape,
             )
             if config.word_classes
             else _mlp(vision.hidden_size, text.hidden_size)

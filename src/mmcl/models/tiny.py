@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word
+from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word, kind_words
 from mmcl.errors import MmclError
 from mmcl.io import seed_everything
 from mmcl.models.composed import ComposedBackbone, ComposedMLLM, VisionTower, load_image, projector
@@ -126,11 +126,12 @@ class VisualWords(nn.Module):
 
     The mark makes the tokens instruction-aware, as InstructBLIP's Q-Former reads the
     instruction: a prompt word that names a class of the heads (`naming_table`: "red",
-    "circles", "the letter A", "digits") marks each image token by the probability that it
-    shows what is named, multiplied over the heads the prompt names something of ("red circles":
-    red and a circle). Picking out what a question names among other objects is a search a 5M
-    LM did not learn in any budget we gave it (`ability` perception stayed at 41-48, counting
-    every object); with the mark it counts what is asked (measured in README)."""
+    "circles", "the letter A", "digits", "coloured": any colour but black) marks each image
+    token by the probability that it shows what is named, multiplied over the heads the prompt
+    names something of ("red circles": red and a circle). Picking out what a question names
+    among other objects is a search a 5M LM did not learn in any budget we gave it (`ability`
+    perception stayed at 41-48, counting every object); with the mark it counts what is asked
+    (measured in README)."""
 
     reads_prompt = True  # ComposedMLLM.encode passes each image's prompt (token ids)
 
@@ -145,7 +146,7 @@ class VisualWords(nn.Module):
         self.words = nn.Linear(sum(len(v) for v in CELL_VOCABS.values()), out_dim, bias=False)
         # The size of a word embedding (base 0's LM: 0.03 per dimension).
         self.asked = nn.Parameter(torch.randn(out_dim) * 0.03)
-        self.register_buffer("naming", naming)  # (classes, forms): token ids, -1 for none
+        self.register_buffer("naming", naming)  # (classes, forms, T): naming_table
         # The MLP starts silent: at random init its outputs are ~25x the size of word
         # embeddings and would bury the words; it grows where the words fall short.
         nn.init.zeros_(self.mlp[-1].weight)
@@ -155,10 +156,7 @@ class VisualWords(nn.Module):
         """(N, tokens): how much each token shows what its image's prompt (N, L; -1 where
         not prompt) names: the product, over the heads the prompt names a class of, of the
         token's probability of a named class; 0 where the prompt names nothing."""
-        hit = (self.naming[None, :, :, None] == prompt[:, None, None, :]) & (prompt >= 0)[
-            :, None, None, :
-        ]
-        named = hit.flatten(2).any(-1).float()  # (N, classes)
+        named = named_classes(self.naming, prompt)  # (N, classes)
         mark = torch.ones(probs[0].shape[:2], device=prompt.device)
         for p, n in zip(probs, named.split([q.shape[-1] for q in probs], -1), strict=True):
             mark = mark * torch.where(n.any(-1, keepdim=True), (p * n[:, None, :]).sum(-1), 1.0)
@@ -172,26 +170,46 @@ class VisualWords(nn.Module):
         return out + self.marks(probs, prompt).unsqueeze(-1) * self.asked
 
 
+def named_classes(naming: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """(N, classes) 1.0 where a prompt (N, L; -1 where not prompt) holds a form that names the
+    class: `naming` (classes, forms, T) holds each form's token ids right-aligned, -1 before a
+    shorter form's first token and for no form."""
+    width = naming.shape[-1]
+    hit = (naming[None, :, :, -1, None] >= 0) & (prompt >= 0)[:, None, None, :]
+    for k in range(width):  # the form's token k places before its last one
+        want = naming[None, :, :, width - 1 - k, None]
+        seen = nn.functional.pad(prompt, (k, 0), value=-1)[:, None, None, : prompt.shape[1]]
+        hit = hit & ((want < 0) | (want == seen))
+    return hit.flatten(2).any(-1).float()
+
+
 def naming_table(tokenizer) -> torch.Tensor:
-    """(classes, 4) token ids that name each class of the visual-word heads (-1: none): its
-    word (the last token of " A", " red"), its plural (" circles", " buttons") and its kind's
-    plural (" letters", " digits"), each where it is a single token."""
+    """(classes, forms, T) token ids that name each class of the visual-word heads (-1: none),
+    right-aligned: its word (the last token of " A", " red"), its plural (" circles",
+    " buttons") where that is one token, and its kind's words (" letters", " coloured": any
+    colour but black) in as many tokens as they take."""
     labels = [c for v in CELL_VOCABS.values() for c in v]
-    table = torch.full((len(labels), 4), -1, dtype=torch.long)
 
-    def token(text: str, last: bool = False) -> int:
-        ids = tokenizer(f" {text}", add_special_tokens=False).input_ids
-        return ids[-1] if last or len(ids) == 1 else -1
+    def ids(text: str) -> list[int]:
+        return tokenizer(f" {text}", add_special_tokens=False).input_ids
 
-    for j, label in enumerate(labels):
+    forms = []
+    for label in labels:
         word = cell_word(label)
-        if word is not None:
-            kind = label.rpartition(":")[0]
-            table[j] = torch.tensor(
-                [token(word, last=True), token(f"{word}s"), token(f"{word}es"), -1]
-            )
-            if kind:
-                table[j, 3] = token(f"{kind}s")
+        if word is None:
+            forms.append([])
+            continue
+        plurals = [ids(f"{word}{end}") for end in ("s", "es")]
+        forms.append(
+            [ids(word)[-1:], *(p if len(p) == 1 else [] for p in plurals)]
+            + [ids(w) for w in kind_words(label)]
+        )
+    width = max(len(t) for f in forms for t in f)
+    table = torch.full((len(labels), max(map(len, forms)), width), -1, dtype=torch.long)
+    for j, f in enumerate(forms):
+        for k, t in enumerate(f):
+            if t:
+                table[j, k, width - len(t) :] = torch.tensor(t)
     return table
 
 

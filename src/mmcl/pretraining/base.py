@@ -46,7 +46,7 @@ from mmcl.question_types import qtype_scores
 from mmcl.train import TrainSettings
 
 # Bump when the architecture code or the pretraining corpus changes meaning.
-BASE_VERSION = 12
+BASE_VERSION = 13
 
 
 def tokenizer_corpus(n_scenes: int = 2000) -> list[str]:

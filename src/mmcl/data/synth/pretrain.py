@@ -20,7 +20,10 @@ How the split holds (no stream sample, or stream-like question, is seen here):
   black clutter (`scenario`'s targets) nor by colour and shape (`ability`'s perception); no
   reading of words, arithmetic or actions.
 - no question of the corpus is a question of a stream (tests/test_generators.py checks the
-  questions of every stream task against 3 000 of the corpus's).
+  questions of every stream task against 3 000 of the corpus's);
+- the corpus never says "coloured", the word by which `scenario` picks its targets among black
+  clutter: the base knows it only as the projector's mark knows a kind word (`kind_words`), so
+  its LM meets the word, and the questions around it, first in the stream.
 """
 
 from __future__ import annotations
@@ -67,6 +70,18 @@ def cell_word(label: str) -> str | None:
         return None
     kind, _, value = label.rpartition(":")
     return SYMBOLS[value].split()[0] if kind == "symbol" else value
+
+
+def kind_words(label: str) -> tuple[str, ...]:
+    """The words that name a label's whole kind at once: "letters" for "letter:A", ...; for
+    every colour but black "coloured" (and "colored"), as a generalist says "the coloured
+    objects" among black ones. The corpus never says "coloured": only the projector's mark
+    knows the word (models/tiny.py, `naming_table`), as an instruction-aware projector trained
+    on web text would."""
+    kind = label.rpartition(":")[0]
+    if kind:
+        return (f"{kind}s",)
+    return ("coloured", "colored") if label in COLOURS and label != "black" else ()
 
 
 def object_count(cells: list) -> int:
