@@ -8,7 +8,8 @@ beside the exported weights, so that
 loads the model where mmcl is not installed, and peft's `PeftModel.from_pretrained` puts the
 exported LoRA adapters on it. The module names are mmcl's own (`lm`, `encoders.image`,
 `projectors.image`), so the adapters' target names and weights need no translation; the layers
-mirror mmcl.models.composed and mmcl.models.tiny, whose weights they load.
+mirror mmcl.models.composed and mmcl.models.tiny, whose weights they load. The marks are
+computed here only (`named_classes`, `token_marks`): mmcl.models.tiny calls these functions.
 """
 
 from __future__ import annotations
@@ -69,6 +70,29 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     )
 
 
+def named_classes(naming: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """(N, classes) 1.0 where a prompt (N, L; -1 where not prompt) holds a form that names the
+    class: `naming` (classes, forms, T) holds each form's token ids right-aligned, -1 before a
+    shorter form's first token and for no form."""
+    width = naming.shape[-1]
+    hit = (naming[None, :, :, -1, None] >= 0) & (prompt >= 0)[:, None, None, :]
+    for k in range(width):  # a form's token k places before its last one
+        want = naming[None, :, :, width - 1 - k, None]
+        seen = nn.functional.pad(prompt, (k, 0), value=-1)[:, None, None, : prompt.shape[1]]
+        hit = hit & ((want < 0) | (want == seen))
+    return hit.flatten(2).any(-1).float()
+
+
+def token_marks(probs: list[torch.Tensor], named: torch.Tensor) -> torch.Tensor:
+    """(N, tokens): how much each token shows what is named (`named_classes`): the product,
+    over the heads a class of which is named, of the token's probability of a named class; 0
+    where nothing is named."""
+    mark = torch.ones(probs[0].shape[:2], device=named.device)
+    for p, n in zip(probs, named.split([q.shape[-1] for q in probs], -1), strict=True):
+        mark = mark * torch.where(n.any(-1, keepdim=True), (p * n[:, None, :]).sum(-1), 1.0)
+    return mark * named.any(-1, keepdim=True)
+
+
 class VisualWords(nn.Module):
     """The MLP plus linear heads whose class probabilities map to word embeddings, plus a
     row and a column embedding per token, plus the `asked` vector times the token's mark: the
@@ -88,17 +112,7 @@ class VisualWords(nn.Module):
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         probs = [h(x).softmax(-1) for h in self.heads]
-        width = self.naming.shape[-1]
-        hit = (self.naming[None, :, :, -1, None] >= 0) & (prompt >= 0)[:, None, None, :]
-        for k in range(width):  # a form's token k places before its last one
-            want = self.naming[None, :, :, width - 1 - k, None]
-            seen = nn.functional.pad(prompt, (k, 0), value=-1)[:, None, None, : prompt.shape[1]]
-            hit = hit & ((want < 0) | (want == seen))
-        named = hit.flatten(2).any(-1).float()
-        mark = torch.ones(probs[0].shape[:2], device=x.device)
-        for p, n in zip(probs, named.split([q.shape[-1] for q in probs], -1), strict=True):
-            mark = mark * torch.where(n.any(-1, keepdim=True), (p * n[:, None, :]).sum(-1), 1.0)
-        mark = mark * named.any(-1, keepdim=True)
+        mark = token_marks(probs, named_classes(self.naming, prompt))
         out = self.mlp(x) + self.words(torch.cat(probs, -1)) + (self.rows + self.cols).flatten(0, 1)
         return out + mark.unsqueeze(-1) * self.asked
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from mmcl.assets.modeling_mmcl import named_classes, token_marks
 from mmcl.data.synth.pretrain import CELL_VOCABS, cell_word, kind_words
 from mmcl.errors import MmclError
 from mmcl.io import seed_everything
@@ -154,13 +155,8 @@ class VisualWords(nn.Module):
 
     def marks(self, probs: list[torch.Tensor], prompt: torch.Tensor) -> torch.Tensor:
         """(N, tokens): how much each token shows what its image's prompt (N, L; -1 where
-        not prompt) names: the product, over the heads the prompt names a class of, of the
-        token's probability of a named class; 0 where the prompt names nothing."""
-        named = named_classes(self.naming, prompt)  # (N, classes)
-        mark = torch.ones(probs[0].shape[:2], device=prompt.device)
-        for p, n in zip(probs, named.split([q.shape[-1] for q in probs], -1), strict=True):
-            mark = mark * torch.where(n.any(-1, keepdim=True), (p * n[:, None, :]).sum(-1), 1.0)
-        return mark * named.any(-1, keepdim=True)
+        not prompt) names (`token_marks`, shared with the exported model)."""
+        return token_marks(probs, named_classes(self.naming, prompt))
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
         probs = [h(x).softmax(-1) for h in self.heads]
@@ -168,19 +164,6 @@ class VisualWords(nn.Module):
         if prompt is None:
             return out
         return out + self.marks(probs, prompt).unsqueeze(-1) * self.asked
-
-
-def named_classes(naming: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """(N, classes) 1.0 where a prompt (N, L; -1 where not prompt) holds a form that names the
-    class: `naming` (classes, forms, T) holds each form's token ids right-aligned, -1 before a
-    shorter form's first token and for no form."""
-    width = naming.shape[-1]
-    hit = (naming[None, :, :, -1, None] >= 0) & (prompt >= 0)[:, None, None, :]
-    for k in range(width):  # the form's token k places before its last one
-        want = naming[None, :, :, width - 1 - k, None]
-        seen = nn.functional.pad(prompt, (k, 0), value=-1)[:, None, None, : prompt.shape[1]]
-        hit = hit & ((want < 0) | (want == seen))
-    return hit.flatten(2).any(-1).float()
 
 
 def naming_table(tokenizer) -> torch.Tensor:
