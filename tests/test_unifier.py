@@ -192,13 +192,14 @@ def test_inference_uses_no_scenario_id(tasks):
 def test_vcc_is_zero_when_branches_agree(tasks):
     torch.manual_seed(0)
     out = torch.randn(2, 5, 8)
-    assert consistency_loss([out, out.clone(), out.clone()], out, tau=0.5).item() == pytest.approx(
-        0.0, abs=1e-6
-    )
+    same = [out, out.clone(), out.clone()]
+    for old in (None, 3 * out):  # the first task has no old model
+        assert consistency_loss(same, 3 * out, old, tau=0.5).item() == pytest.approx(0, abs=1e-6)
     other = torch.randn(2, 5, 8)
-    assert consistency_loss([out, other], (out + other) / 2, tau=0.5).item() > 0
-    assert consistency_loss([out, out], 3 * out, tau=0.5).item() > 0  # the projection term
-    # through the hooks: two identical branches fused by their average give a zero VCC term
+    assert consistency_loss([out, other], out, None, tau=0.5).item() > 0
+    assert consistency_loss([out, out], 3 * out, out, tau=0.5).item() > 0  # the old-model term
+    # through the hooks: two identical branches fused by their average, the old model this
+    # very module, give a zero VCC term
     method = _method()
     method.before_task(tasks[0], 0)
     method.before_task(tasks[1], 1)
@@ -209,6 +210,7 @@ def test_vcc_is_zero_when_branches_agree(tasks):
             vre.branches[1].load_state_dict(vre.branches[0].state_dict())
             eye = torch.eye(vre.width)
             vre.proj.weight.copy_(torch.cat([eye / 2, eye / 2], dim=1))
+    method.old = [vre.frozen_copy() for vre in method.vres]
     backbone = method.backbone
     backbone.model.train()
     out = backbone.forward(backbone.collate(tasks[1].train[:4], train=True))
@@ -218,6 +220,21 @@ def test_vcc_is_zero_when_branches_agree(tasks):
             vre.branches[1].up.weight.mul_(-1)  # now they disagree
     out = backbone.forward(backbone.collate(tasks[1].train[:4], train=True))
     assert method.loss(None, out)["vcc"].item() > 0
+
+
+def test_vcc_old_model_is_the_module_before_the_task(tasks):
+    method = _method()
+    method.before_task(tasks[0], 0)
+    assert method.old == []  # nothing learned yet
+    _step(method, tasks[0], 0)
+    x = torch.randn(2, 5, method.vres[0].width)
+    before = [vre(x) for vre in method.vres]
+    method.before_task(tasks[1], 1)  # adds a branch: the fused output is unchanged
+    for vre, old, out in zip(method.vres, method.old, before, strict=True):
+        assert torch.allclose(vre(x), out, atol=1e-6) and torch.equal(old(x), out)
+        assert len(old.branches) == 1 and not any(p.requires_grad for p in old.parameters())
+    _step(method, tasks[1], 1)
+    assert all(torch.equal(old(x), out) for old, out in zip(method.old, before, strict=True))
 
 
 def test_vcc_without_expansion_uses_snapshots(tasks):

@@ -11,8 +11,11 @@ branch runs and the projection fuses them: no router, no scenario id (`predict` 
 Vision Consistency Constraint (VCC), per layer: the prototype is the mean of the branch
 outputs (a fixed target); each branch output is summarised as a token profile (mean over
 features, softmax over tokens) and a feature profile (mean over tokens, softmax over features),
-and pulled to the prototype's profiles with a temperature-scaled KL (x tau^2); a like term pulls
-the projection output's profiles. L = L_task + lambda * mean over layers of L_vcc.
+and pulled to the prototype's profiles with a temperature-scaled KL (x tau^2), summed over the
+branches; a like term pulls the projection output's profiles to those of the old model's
+projection output (the module as it was before this task, on the same input), from the second
+task on. L = L_task + lambda * mean over layers of L_vcc. The old-model term is what holds the
+shared projection, which every image goes through and every task retrains.
 
 Ablations: `vre: false` keeps one shared branch trained on every scenario; `vcc` then compares
 it with frozen snapshots of itself taken after each earlier scenario (VCC without expansion:
@@ -25,6 +28,7 @@ see train.py) runs its own copies of them.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -88,6 +92,13 @@ class VisionExpansion(nn.Module):
             self.cache = (x, outs, fused)
         return fused
 
+    def frozen_copy(self) -> VisionExpansion:
+        """This module as it is now, detached from training: the old model of VCC."""
+        cache, self.cache = self.cache, None
+        twin = copy.deepcopy(self).requires_grad_(False)
+        self.cache, twin.record = cache, False
+        return twin
+
 
 def profile_kl(target: torch.Tensor, output: torch.Tensor, tau: float) -> torch.Tensor:
     """Temperature-scaled KL(target || output) of two (B, N, D) outputs, on their token profiles
@@ -101,13 +112,17 @@ def profile_kl(target: torch.Tensor, output: torch.Tensor, tau: float) -> torch.
     return loss
 
 
-def consistency_loss(branches: list[torch.Tensor], fused: torch.Tensor, tau: float) -> torch.Tensor:
-    """VCC of one layer: each branch output and the fused output pulled to the prototype (the
-    mean of the branch outputs, a fixed target). Zero when the branches and the fused output
-    agree."""
+def consistency_loss(
+    branches: list[torch.Tensor], fused: torch.Tensor, old: torch.Tensor | None, tau: float
+) -> torch.Tensor:
+    """VCC of one layer: each branch output pulled to the prototype (the mean of the branch
+    outputs, a fixed target), and the fused output to the old model's (`old`; none on the
+    first task). Zero when the branches agree and the fused output is the old one."""
     proto = torch.stack(branches).mean(0).detach()
-    pulled = sum(profile_kl(proto, b, tau) for b in branches) / len(branches)
-    return pulled + profile_kl(proto, fused, tau)
+    loss = sum(profile_kl(proto, b, tau) for b in branches)
+    if old is not None:
+        loss = loss + profile_kl(old, fused, tau)
+    return loss
 
 
 def _add_expansion(ffn: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -154,6 +169,7 @@ class Unifier(Method):
             self.vres.append(vre)
         self.branch_of: dict[str, int] = {}  # scenario -> its branch (training only)
         self.snapshots: dict[str, list[dict[str, torch.Tensor]]] = {}  # vre=False: per layer
+        self.old: list[VisionExpansion] = []  # per layer, as before this task (VCC's old model)
         self.current: str | None = None
 
     def _add_branch(self) -> None:
@@ -162,6 +178,9 @@ class Unifier(Method):
 
     def before_task(self, task: Task, step: int) -> None:
         self.current = scenario_of(task.name)
+        # Taken before a new branch is added: its up-projection starts at zero, so the old
+        # model's output is the same with or without it. Rebuilt from the weights on resume.
+        self.old = [vre.frozen_copy() for vre in self.vres] if self.branch_of else []
         if self.current not in self.branch_of:
             if self.opts.vre or not self.branch_of:
                 self._add_branch()
@@ -188,7 +207,8 @@ class Unifier(Method):
                     for s, snap in self.snapshots.items()
                     if s != self.current
                 ]
-            terms.append(consistency_loss(outs, fused, self.opts.vcc_tau))
+                old = self.old[i](x) if self.old else None
+            terms.append(consistency_loss(outs, fused, old, self.opts.vcc_tau))
         if not terms:
             return {}
         return {"vcc": self.opts.vcc_weight * torch.stack(terms).mean()}
