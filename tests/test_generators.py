@@ -84,7 +84,8 @@ def test_answers_match_task_formats():
 
 def test_answers_are_balanced_where_a_constant_answer_would_pay():
     """Perception counts 1-4 evenly and asks by colour, shape or both; scenario's existence is
-    about half yes, its counts spread evenly over 0-3: a constant answer scores little."""
+    half yes (a "no" names a shape no target has), its counts spread evenly over 0-3: a
+    constant answer scores little."""
     from collections import Counter
 
     from mmcl.data.synth.scenario import TASKS as SCENARIO
@@ -101,9 +102,22 @@ def test_answers_are_balanced_where_a_constant_answer_would_pay():
         s = SCENARIO["indoor"].make(sample_rng(0, "indoor", "train", i), "train")
         by_type.setdefault(s.meta["qtype"], Counter())[s.answers[0]] += 1
     existence, counting = by_type["existence"], by_type["counting"]
-    assert 0.4 < existence["yes"] / sum(existence.values()) < 0.65
+    assert 0.42 < existence["yes"] / sum(existence.values()) < 0.58
     assert set(counting) == {"0", "1", "2", "3"}
     assert max(counting.values()) < 0.33 * sum(counting.values())
+
+
+def test_scenario_existence_no_names_a_shape_no_target_has():
+    """Clutter does not count: a triangle only among the black objects is answered "no"."""
+    from mmcl.data.synth.scenario import _question
+
+    objs = [(0, 0, "circle", "red"), (1, 1, "square", "blue"), (2, 2, "triangle", "black")]
+    answers = set()
+    for i in range(60):
+        question, answer = _question(np.random.default_rng(i), objs, "existence")
+        assert (answer == "yes") == ("circle" in question or "square" in question), question
+        answers.add(answer)
+    assert answers == {"yes", "no"}
 
 
 @functools.cache

@@ -25,7 +25,7 @@ Why targets and fixed questions: questions that pick an object by its position w
 colour is the object at row two column three?") were not learned by the embedded 5M LM from a
 few hundred samples per task (every method scored 30-32 on the 5-step protocol). Each question
 type is drawn with a number of targets that keeps its answers balanced (counting: 0-3 evenly;
-existence: a target's shape half the time), so that a constant answer scores little; reports
+existence: "yes" half the time), so that a constant answer scores little; reports
 show each type's score beside that constant-answer baseline (mmcl.question_types). The
 embedded base reads the targets' colour, shape, number and position through every look (its
 encoder was pretrained on generic looks too, and its image tokens carry their position in
@@ -199,7 +199,7 @@ SCENARIOS = {
 
 # --- questions ----------------------------------------------------------------------------------
 # How many coloured targets a scene of each question type holds: counting spreads its answers
-# evenly; existence asks about a target's shape half the time, so "yes" and "no" are balanced.
+# evenly; existence's answers are half "yes" (see _question).
 _TARGETS = {
     "existence": (0.1, 0.5, 0.3, 0.1),
     "counting": (0.25, 0.25, 0.25, 0.25),
@@ -214,9 +214,14 @@ def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[st
     """(question, answer) of a type about the scene's targets."""
     targets = sorted(o for o in objs if o[3] != "black")  # reading order
     if qtype == "existence":
-        shape = _pick(rng, targets)[2] if targets and rng.random() < 0.5 else _pick(rng, SHAPES)
-        answer = "yes" if any(o[2] == shape for o in targets) else "no"
-        return f"is there a coloured {shape} in the scene?", answer
+        # Half of all answers are "yes": a scene without targets can only say "no", so the
+        # others ask about a target's shape a little more than half the time. A "no" names a
+        # shape no target has (a random shape would often hit one: "yes" about 61%).
+        present = sorted({o[2] for o in targets})
+        if present and rng.random() < 0.5 / (1 - _TARGETS["existence"][0]):
+            return f"is there a coloured {_pick(rng, targets)[2]} in the scene?", "yes"
+        absent = [s for s in SHAPES if s not in present]
+        return f"is there a coloured {_pick(rng, absent)} in the scene?", "no"
     if qtype == "counting":
         return "how many coloured objects are there?", str(len(targets))
     if qtype == "grounding":
