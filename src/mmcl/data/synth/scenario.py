@@ -217,10 +217,9 @@ def _question(rng: np.random.Generator, objs: list[Obj], qtype: str) -> tuple[st
         # Half of all answers are "yes": a scene without targets can only say "no", so the
         # others ask about a target's shape a little more than half the time. A "no" names a
         # shape no target has (a random shape would often hit one: "yes" about 61%).
-        present = sorted({o[2] for o in targets})
-        if present and rng.random() < 0.5 / (1 - _TARGETS["existence"][0]):
+        if targets and rng.random() < 0.5 / (1 - _TARGETS["existence"][0]):
             return f"is there a coloured {_pick(rng, targets)[2]} in the scene?", "yes"
-        absent = [s for s in SHAPES if s not in present]
+        absent = [s for s in SHAPES if all(o[2] != s for o in targets)]
         return f"is there a coloured {_pick(rng, absent)} in the scene?", "no"
     if qtype == "counting":
         return "how many coloured objects are there?", str(len(targets))
