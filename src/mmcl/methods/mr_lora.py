@@ -4,17 +4,17 @@ real two-stage model.
 Experts: one LoRA adapter per task, named after the task, trained from the base model on that
 task only (no other adapter active) and frozen once its task is over.
 
-Router (`router: mllm`, the paper's): another LoRA on the same base model, trained on a few
-samples per seen task (their record ids are kept) to answer a prompt that lists each expert's
-letter and its task's one-line description with the letter of the expert that should answer.
-After every task it trains on (warm start) on a set of fixed size: the new task's samples and
-a seeded draw of earlier ones in which every answer weighs alike (router_samples.py). The
-expert list that opens every routing prompt is read by the base model once per step, its keys
-and values kept (`Backbone.sharing_prefix(base_prefix)`), in training and at test time alike:
-the router's cost per step does not grow with the number of earlier tasks. At test time one
-batched pass of the router scores the seen experts' letters as its next token and the best
-expert answers (mixed batches: `Backbone.generate` with `adapter_names`); when its top token is
-no letter, the best letter is the deterministic fallback, and such samples are counted.
+Router (`router: mllm`, the paper's): another LoRA on the same base model, trained on 40 samples
+per seen task (the paper's about 20 left it fragile on one embedded base of three; their record
+ids kept) to answer a prompt that lists each expert's letter and its task's one-line description
+with the letter of the expert that should answer. After every task it trains on (warm start) on a
+set of fixed size: the new task's samples and a seeded draw of earlier ones in which every answer
+weighs alike (router_samples.py). The expert list that opens every routing prompt is read by the
+base model once per step, its keys and values kept (`Backbone.sharing_prefix(base_prefix)`), in
+training and at test: the router's cost per step does not grow with the number of earlier tasks.
+At test time one batched pass of the router scores the seen experts' letters as its next token
+and the best expert answers (mixed batches: `Backbone.generate` with `adapter_names`); when its
+top token is no letter, the best letter is the fallback (counted).
 
 Routing shares work with answering: the media features are encoded once per batch for the
 router and the expert (not with a vision LoRA). The rest cannot be shared (both put LoRA on
@@ -66,8 +66,6 @@ class MrLoraOptions(MethodOptions):
         description="share of the LM's decoder layers the router (either kind) reads before "
         "its final norm and head: 1 is the whole LM, as in the paper; less is a cheaper pass",
     )
-    # The paper keeps about 20 a task; on the embedded model that left the router fragile on
-    # one base of three (README, "ability on base 2"), and 40 routed every task on all three.
     router_samples: int = Field(40, ge=1, description="routing samples kept per seen task")
     router_replay: int = Field(
         160, ge=0, description="earlier tasks' routing samples the router trains on per step"
