@@ -14,7 +14,7 @@ base model once per step, its keys and values kept (`Backbone.sharing_prefix(bas
 training and at test: the router's cost per step does not grow with the number of earlier tasks.
 At test time one batched pass of the router scores the seen experts' letters as its next token
 and the best expert answers (mixed batches: `Backbone.generate` with `adapter_names`); when its
-top token is no letter, the best letter is the fallback (counted).
+top token is no letter, the best letter is the deterministic fallback (counted).
 
 Routing shares work with answering: the media features are encoded once per batch for the
 router and the expert (not with a vision LoRA). The rest cannot be shared (both put LoRA on
