@@ -51,3 +51,16 @@ def test_save_commits_keeps_two_steps_and_falls_back_when_the_newest_is_corrupt(
     with pytest.raises(MmclError, match="no usable checkpoint"):
         checkpoint.find(root)
     assert checkpoint.find(tmp_path / "none") is None
+
+
+def test_keep_all_keeps_every_step_and_any_committed_one_reads_back(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (-1, 0, 1, 2):
+        weights = {"lm.head.weight": torch.full((2,), float(step))}
+        checkpoint.save(root, step, {"next_step": step + 1}, weights, {}, keep_all=True)
+    assert sorted(p.name for p in root.glob("step*")) == ["step-1", "step0", "step1", "step2"]
+    assert checkpoint.at_step(root, 0).model["lm.head.weight"].tolist() == [0.0, 0.0]
+    checkpoint.save(root, 3, {"next_step": 4}, {}, {})  # the default prunes what came before
+    assert sorted(p.name for p in root.glob("step*")) == ["step2", "step3"]
+    with pytest.raises(MmclError, match=r"step 0 \(kept: 2, 3\).*keep_checkpoints: all"):
+        checkpoint.at_step(root, 0)

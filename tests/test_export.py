@@ -182,6 +182,32 @@ def test_exported_adapter_answers_as_mmcl_without_mmcl(
     assert (mmcl_logits - base_logits).abs().max() > 1e-2  # the adapter is really applied
 
 
+def test_a_run_that_keeps_every_step_exports_the_model_after_any_step(tmp_path, micro_overrides):
+    cfg = load_config(None, {**micro_overrides, "track": [], "keep_checkpoints": "all"})
+    run_dir = tmp_path / "run"
+    Run(cfg, run_dir).execute()
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step*"))
+    assert kept == ["step-1", "step0", "step1"]
+    result = CliRunner().invoke(
+        app, ["export", str(run_dir), "--out", str(tmp_path / "e0"), "--step", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "e0" / "export.json").read_text())
+    assert info["tasks_trained"] == 1 and not info["finished"]
+
+    # The model as step 0 left it gives the run's own predictions after step 0, not step 1's.
+    answers = {}
+    for step in (0, 1):
+        cfg, backbone, _, _ = trained_run(run_dir, step)
+        records = next(t for t in load_tasks(cfg) if t.name == "ocr").test
+        answers[step] = backbone.generate(backbone.collate(records, train=False))
+        rows = (run_dir / "predictions" / f"step{step}" / "ocr.jsonl").read_text().splitlines()
+        assert [json.loads(r)["prediction"] for r in rows] == answers[step]
+    assert answers[0] != answers[1]
+    with pytest.raises(MmclError, match=r"no committed checkpoint of step 5 \(kept: -1, 0, 1\)"):
+        export_run(run_dir, tmp_path / "e5", 5)
+
+
 def test_export_errors(tmp_path):
     with pytest.raises(MmclError, match="no checkpoint"):
         export_run(tmp_path / "nothing", tmp_path / "out")

@@ -132,6 +132,17 @@ def test_aggregate_aligns_orders_by_name_and_pairs_cells():
         aggregate([*results, _fake("x", 1, ["a", "c"], {"a": (1, 1), "c": (1, 1)})], ab)
 
 
+def test_a_cell_made_with_other_recording_settings_is_the_same_run(tmp_path):
+    """Tracking and the checkpoints kept change no result: a cell written before
+    `keep_checkpoints` existed, or with another tracker, is reused; another seed is refused."""
+    config = load_config(None, {"track": [], "keep_checkpoints": "all"}).model_dump(mode="json")
+    older = {k: v for k, v in config.items() if k != "keep_checkpoints"} | {"track": ["wandb"]}
+    (tmp_path / "cell.json").write_text(json.dumps({"config": older}))
+    Cell("lora-ft", 0, 0, tmp_path, config).claim()
+    with pytest.raises(MmclError, match="another configuration"):
+        Cell("lora-ft", 1, 0, tmp_path, config | {"seed": 1}).claim()
+
+
 # --- the grid on the local pool, killed and run again ---------------------------------------
 @pytest.fixture(scope="module")
 def killed_grid(grid_config, tmp_path_factory):

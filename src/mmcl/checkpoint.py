@@ -4,7 +4,9 @@
 method's state (`Method.state_dict()`: its tensors in method.safetensors, the rest in JSON) and
 the runner's state (state.json, written last). checkpoints/latest.json, written after the
 folder, commits a step; the folder of the step before stays until the next commit, and resume
-falls back to it when the newest one is corrupt or partial.
+falls back to it when the newest one is corrupt or partial. Older folders are removed unless the
+run keeps them all (`keep_checkpoints: all`), for a look at the model after any step
+(`mmcl export --step`).
 
 A method's state is any nested dict: keys may hold any character (parameter names have dots);
 the tensors' paths are escaped here, and only here, to the dotted keys of safetensors.
@@ -87,8 +89,10 @@ def save(
     state: dict[str, Any],
     model: dict[str, torch.Tensor],
     method_state: dict[str, Any],
+    keep_all: bool = False,
 ) -> None:
-    """Write step `step`'s folder under `root` and commit it; keep it and the one before."""
+    """Write step `step`'s folder under `root` and commit it; keep it and the one before
+    (every earlier one too with `keep_all`)."""
     folder = root / f"step{step}"
     if folder.exists():
         shutil.rmtree(folder)
@@ -98,7 +102,7 @@ def save(
     save_tensors(folder / "method.safetensors", tensors)
     write_json(folder / "state.json", {**state, "method_state": rest})
     write_json(root / LATEST, {"step": step})  # the commit point
-    for old in root.glob("step*"):
+    for old in [] if keep_all else root.glob("step*"):
         if old.name not in {f"step{step}", f"step{step - 1}"}:
             shutil.rmtree(old)
 
@@ -131,6 +135,19 @@ def read(folder: Path) -> Checkpoint:
     model = load_tensors(folder / "model.safetensors")
     rest = state.pop("method_state")
     return Checkpoint(folder, state, join_state(method_tensors, rest), model)
+
+
+def at_step(root: Path, step: int) -> Checkpoint:
+    """The committed checkpoint of one step, read in full; MmclError naming the steps kept."""
+    kept = candidates(root)
+    folder = root / f"step{step}"
+    if folder not in kept:
+        names = ", ".join(f.name[4:] for f in reversed(kept)) or "none"
+        raise MmclError(
+            f"{root}: no committed checkpoint of step {step} (kept: {names}); a run keeps its "
+            "last two steps unless its config says `keep_checkpoints: all`"
+        )
+    return read(folder)
 
 
 def find(root: Path) -> Checkpoint | None:

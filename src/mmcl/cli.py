@@ -218,12 +218,13 @@ def bench(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="the output folder of a run")],
     out: Annotated[Path, typer.Option(help="the new export folder")],
+    step: Annotated[int | None, typer.Option(help="as after step N (0: the first task)")] = None,
 ) -> None:
     """Export a run's trained adapters as peft folders (with the embedded base model, a routing
     file for routed methods and a README on serving them with vLLM)."""
     from mmcl.export import export_run
 
-    info = export_run(run_dir, out)
+    info = export_run(run_dir, out, step)
     console.print(f"exported {len(info['adapters'])} adapter(s) of {info['method']} to {out}")
     console.print(f"how to use them: {out / 'README.md'}")
 

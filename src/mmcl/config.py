@@ -128,6 +128,24 @@ class ExperimentConfig(_Strict):
     track: list[Literal["tensorboard", "wandb", "mlflow"]] | None = Field(
         None, description="experiment trackers; default: tensorboard when installed; [] for none"
     )
+    keep_checkpoints: Literal["last", "all"] = Field(
+        "last",
+        description="last: the newest step and the one before (what resume needs); "
+        "all: every step's, to export or study the model after any step (mmcl export --step)",
+    )
+
+
+# Keys that change how a run is recorded, not its results: a resumed run or a grid's finished
+# cell may have been made with other values (or before the key existed).
+NOT_RESULTS = ("track", "keep_checkpoints")
+
+
+def results_part(config: Any) -> dict[str, Any] | None:
+    """A config dump (`model_dump(mode="json")`) without the keys of NOT_RESULTS, to tell
+    whether two runs give the same results; None when it is not a mapping."""
+    if not isinstance(config, dict):
+        return None
+    return {k: v for k, v in config.items() if k not in NOT_RESULTS}
 
 
 def _format(e: ValidationError, source: str) -> str:

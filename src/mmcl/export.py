@@ -1,6 +1,7 @@
 """`mmcl export`: a run's trained adapters as ordinary peft adapter folders, usable without mmcl.
 
-From the last committed checkpoint of a finished (or killed) run, the export folder holds
+From the last committed checkpoint of a finished (or killed) run, or from an earlier step's when
+the run kept them (`keep_checkpoints: all`, `--step`), the export folder holds
 
     adapters/<name>/          adapter_config.json + adapter_model.safetensors (peft), one per
                               LoRA adapter of the run (an expert per task, a router, `main`)
@@ -63,13 +64,16 @@ def _run_config(run_dir: Path) -> ExperimentConfig:
     raise MmclError(f"{run_dir}: no checkpoint to export (checkpoints/step*/state.json)")
 
 
-def trained_run(run_dir: Path) -> tuple[ExperimentConfig, Backbone, Method, dict[str, Any]]:
-    """The run's model and method as its last committed checkpoint left them, and its state."""
+def trained_run(
+    run_dir: Path, step: int | None = None
+) -> tuple[ExperimentConfig, Backbone, Method, dict[str, Any]]:
+    """The run's model and method as its last committed checkpoint (or step `step`'s) left
+    them, and its state."""
     from mmcl.runner import Run, load_backbone, stream_specs
 
     cfg = _run_config(run_dir)
     run = Run(cfg, run_dir)
-    found = run._find_checkpoint()
+    found = run._find_checkpoint(step)
     if found is None:
         raise MmclError(f"{run_dir}: no committed checkpoint to export")
     specs = stream_specs(cfg)
@@ -197,12 +201,13 @@ def routing_info(method: Method) -> dict[str, Any] | None:
     }
 
 
-def export_run(run_dir: Path, out: Path) -> dict[str, Any]:
-    """Export the run in `run_dir` into the new folder `out`; returns export.json's content."""
+def export_run(run_dir: Path, out: Path, step: int | None = None) -> dict[str, Any]:
+    """Export the run in `run_dir` (as after step `step`, default the last committed) into the
+    new folder `out`; returns export.json's content."""
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise MmclError(f"{out} exists; choose a new folder for the export")
-    cfg, backbone, method, state = trained_run(run_dir)
+    cfg, backbone, method, state = trained_run(run_dir, step)
     if method.not_exportable:
         raise MmclError(
             f"export: {method.name} cannot be exported as peft adapters: "

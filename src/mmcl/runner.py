@@ -12,7 +12,7 @@ from typing import Any
 
 from mmcl import checkpoint
 from mmcl.checkpoint import Checkpoint
-from mmcl.config import ExperimentConfig
+from mmcl.config import ExperimentConfig, results_part
 from mmcl.data.benchmarks import SynthBenchmark, Task, get_benchmark
 from mmcl.data.real import RealBenchmark
 from mmcl.data.tasks import TaskSpec, select
@@ -78,16 +78,6 @@ def is_main_process() -> bool:
     return process_state().is_main_process
 
 
-def _same_results_config(saved: Any, cfg: ExperimentConfig) -> bool:
-    """Whether a checkpoint's config gives the results `cfg` gives (tracking may change)."""
-    if not isinstance(saved, dict):
-        return False
-    ours = cfg.model_dump(mode="json")
-    return {k: v for k, v in saved.items() if k != "track"} == {
-        k: v for k, v in ours.items() if k != "track"
-    }
-
-
 def _fresh_state(config: dict[str, Any]) -> dict[str, Any]:
     """What a run checkpoints, before its zero-shot evaluation."""
     return {
@@ -116,13 +106,15 @@ class Run:
         if is_main_process():
             weights = backbone.state_dict()
             trained = {k: weights[k] for k in state["trained_params"] if k in weights}
-            checkpoint.save(self.ckpt, step, state, trained, method.state_dict())
+            keep_all = self.cfg.keep_checkpoints == "all"
+            checkpoint.save(self.ckpt, step, state, trained, method.state_dict(), keep_all)
 
-    def _find_checkpoint(self) -> Checkpoint | None:
-        """The newest usable checkpoint, read in full before anything is applied; one made
-        with another configuration is an error, not a fresh start."""
-        found = checkpoint.find(self.ckpt)
-        if found is not None and not _same_results_config(found.state.get("config"), self.cfg):
+    def _find_checkpoint(self, step: int | None = None) -> Checkpoint | None:
+        """The newest usable checkpoint (or step `step`'s), read in full before anything is
+        applied; one made with another configuration is an error, not a fresh start."""
+        found = checkpoint.find(self.ckpt) if step is None else checkpoint.at_step(self.ckpt, step)
+        ours = results_part(self.cfg.model_dump(mode="json"))
+        if found is not None and results_part(found.state.get("config")) != ours:
             raise MmclError(
                 f"{found.folder}: the checkpoint was made with another configuration; "
                 "resume with the same config, or use a new --out"

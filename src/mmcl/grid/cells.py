@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmcl.config import results_part
 from mmcl.errors import MmclError
 from mmcl.io import derive_seed, read_json, write_json
 
@@ -96,7 +97,7 @@ class Cell:
         """Write cell.json, or check that the one there describes this very run."""
         path = self.folder / CELL_FILE
         if path.exists():
-            if read_json(path).get("config") != self.config:
+            if results_part(read_json(path).get("config")) != results_part(self.config):
                 raise MmclError(
                     f"{self.folder} holds a run with another configuration; rerun the grid with "
                     "the options it was made with, or choose another --out"
