@@ -170,6 +170,34 @@ def test_earlier_branches_stay_frozen_and_revisits_reuse_their_branch(tasks):
     assert any(not torch.equal(v, first[n]) for n, v in _branch(method, 0).items())
 
 
+def test_proj_train_own_holds_the_other_blocks_and_the_bias(tasks):
+    """The ablation trains only the current branch's block of the projection: the first block
+    and the bias end the second task as they began it, exactly, under weight decay too, and
+    the model written back is the one that trained."""
+    method = _method({"proj_train": "own"})
+    _step(method, tasks[0], 0)
+
+    def proj() -> dict[str, torch.Tensor]:
+        named = method.backbone.core.named_parameters()
+        return {n: p.detach().clone() for n, p in named if ".proj." in n}
+
+    before = proj()
+    method.before_task(tasks[1], 1)
+    settings = TrainSettings(epochs=1, batch_size=8, weight_decay=0.5)
+    train(method.backbone, tasks[1].train, settings, 1, method)
+    trained = _logits(method, tasks[1])
+    method.after_task(tasks[1], 1)
+    torch.testing.assert_close(_logits(method, tasks[1]), trained)
+    for n, w in proj().items():
+        if n.endswith("bias"):
+            assert torch.equal(w, before[n]), n
+        else:
+            width = before[n].shape[1]
+            assert torch.equal(w[:, :width], before[n]), n
+            assert not torch.equal(w[:, width:], torch.eye(width) / 2), n  # its own block trained
+    assert all(vre.own is None and vre.held_weight is None for vre in method.vres)
+
+
 def test_inference_uses_no_scenario_id(tasks):
     assert Unifier.task_id_at_test is False
     method = _method()

@@ -19,7 +19,10 @@ shared projection, which every image goes through and every task retrains.
 
 Ablations: `vre: false` keeps one shared branch trained on every scenario; `vcc` then compares
 it with frozen snapshots of itself taken after each earlier scenario (VCC without expansion:
-the per-scenario representations are the snapshots, used in the loss only). The language
+the per-scenario representations are the snapshots, used in the loss only). `proj_train: own`
+trains only the current branch's block of the projection, holding the other blocks and the
+bias (so at zero) as before the task: it tests whether a task's retraining of how the earlier branches are
+mixed is what forgets (not the paper's method, which trains the whole projection). The language
 model is tuned with one LoRA, as in lora-ft. The modules live inside the vision blocks of
 `backbone.core` (registered as `<block>.mlp.vre`, run by a hook on the FFN that finds them
 there), so the runner checkpoints them by name, and a copy of the model (FSDP's sharded one,
@@ -29,7 +32,7 @@ see train.py) runs its own copies of them.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +72,9 @@ class VisionExpansion(nn.Module):
         self.register_module("proj", None)
         self.record = False  # keep (input, branch outputs, fused) of training forwards for VCC
         self.cache: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
+        self.own: int | None = None  # proj_train=own: the block that trains (others held)
+        self.register_buffer("held_weight", None, persistent=False)
+        self.register_buffer("held_bias", None, persistent=False)
 
     def add_branch(self, device: torch.device) -> None:
         """Append a branch; the projection widens, keeping its weights for the earlier ones and
@@ -85,9 +91,30 @@ class VisionExpansion(nn.Module):
             proj.weight[:, -self.width :].copy_(torch.eye(self.width) / k)
         self.proj = proj
 
+    def hold(self, own: int | None) -> None:
+        """From now on train only block `own` of the projection, the rest and the bias held as
+        they are; None: write what was held back into the projection and stop holding."""
+        if own is None and self.own is not None:
+            with torch.no_grad():
+                self.proj.weight.copy_(self._weight())
+                self.proj.bias.copy_(self.held_bias)
+        self.own = own
+        self.held_weight = None if own is None else self.proj.weight.detach().clone()
+        self.held_bias = None if own is None else self.proj.bias.detach().clone()
+
+    def _weight(self) -> torch.Tensor:
+        """The projection's weight: block `own` live, the others as held (exactly, whatever
+        the optimizer's weight decay does to the parameter's other blocks)."""
+        if self.own is None:
+            return self.proj.weight
+        lo, hi = self.own * self.width, (self.own + 1) * self.width
+        held = self.held_weight
+        return torch.cat([held[:, :lo], self.proj.weight[:, lo:hi], held[:, hi:]], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [b(x) for b in self.branches]
-        fused = self.proj(torch.cat(outs, dim=-1))
+        bias = self.proj.bias if self.own is None else self.held_bias
+        fused = F.linear(torch.cat(outs, dim=-1), self._weight(), bias)
         if self.record and self.training:
             self.cache = (x, outs, fused)
         return fused
@@ -146,6 +173,9 @@ class UnifierOptions(MethodOptions):
     rank: int = Field(16, ge=1, description="bottleneck width of a branch")
     vcc_weight: float = Field(1.0, ge=0, description="lambda, the weight of the VCC loss")
     vcc_tau: float = Field(1.0, gt=0, description="temperature of the VCC KL")
+    proj_train: Literal["all", "own"] = Field(
+        "all", description="projection blocks a task trains: all (the paper) or its branch's"
+    )
 
 
 @register
@@ -189,6 +219,9 @@ class Unifier(Method):
         params = dict(self.backbone.adapter_parameters("main"))
         params.update(self.backbone.parameters_of(rf"\.vre\.(?:proj|branches\.{k})\."))
         self.backbone.set_trainable(params)
+        if self.opts.proj_train == "own":
+            for vre in self.vres:
+                vre.hold(k)
 
     def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
         if not self.opts.vcc:
@@ -214,6 +247,8 @@ class Unifier(Method):
         return {"vcc": self.opts.vcc_weight * torch.stack(terms).mean()}
 
     def after_task(self, task: Task, step: int) -> None:
+        for vre in self.vres:
+            vre.hold(None)
         if not self.opts.vre and self.opts.vcc:
             self.snapshots[self.current] = [
                 {n: p.detach().clone() for n, p in vre.branches[0].named_parameters()}
