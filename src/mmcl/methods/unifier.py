@@ -21,12 +21,12 @@ Ablations: `vre: false` keeps one shared branch trained on every scenario; `vcc`
 it with frozen snapshots of itself taken after each earlier scenario (VCC without expansion:
 the per-scenario representations are the snapshots, used in the loss only). `proj_train: own`
 trains only the current branch's block of the projection, holding the other blocks and the
-bias (so at zero) as before the task: it tests whether a task's retraining of how the earlier branches are
-mixed is what forgets (not the paper's method, which trains the whole projection). The language
-model is tuned with one LoRA, as in lora-ft. The modules live inside the vision blocks of
-`backbone.core` (registered as `<block>.mlp.vre`, run by a hook on the FFN that finds them
-there), so the runner checkpoints them by name, and a copy of the model (FSDP's sharded one,
-see train.py) runs its own copies of them.
+bias (so at zero) as before the task: it tests whether a task's retraining of how the earlier
+branches are mixed is what forgets (not the paper's method, which trains the whole
+projection). The language model is tuned with one LoRA, as in lora-ft. The modules live
+inside the vision blocks of `backbone.core` (registered as `<block>.mlp.vre`, run by a hook on
+the FFN that finds them there), so the runner checkpoints them by name, and a copy of the model
+(FSDP's sharded one, see train.py) runs its own copies of them.
 """
 
 from __future__ import annotations
