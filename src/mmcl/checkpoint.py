@@ -102,9 +102,10 @@ def save(
     save_tensors(folder / "method.safetensors", tensors)
     write_json(folder / "state.json", {**state, "method_state": rest})
     write_json(root / LATEST, {"step": step})  # the commit point
-    for old in [] if keep_all else root.glob("step*"):
-        if old.name not in {f"step{step}", f"step{step - 1}"}:
-            shutil.rmtree(old)
+    if not keep_all:
+        for old in root.glob("step*"):
+            if old.name not in {f"step{step}", f"step{step - 1}"}:
+                shutil.rmtree(old)
 
 
 def candidates(root: Path) -> list[Path]:

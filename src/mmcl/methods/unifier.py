@@ -74,7 +74,6 @@ class VisionExpansion(nn.Module):
         self.cache: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
         self.own: int | None = None  # proj_train=own: the block that trains (others held)
         self.register_buffer("held_weight", None, persistent=False)
-        self.register_buffer("held_bias", None, persistent=False)
 
     def add_branch(self, device: torch.device) -> None:
         """Append a branch; the projection widens, keeping its weights for the earlier ones and
@@ -92,15 +91,13 @@ class VisionExpansion(nn.Module):
         self.proj = proj
 
     def hold(self, own: int | None) -> None:
-        """From now on train only block `own` of the projection, the rest and the bias held as
-        they are; None: write what was held back into the projection and stop holding."""
+        """From now on train only block `own` of the projection's weight, the other blocks held
+        as they are; None: write them back into the weight and stop holding."""
         if own is None and self.own is not None:
             with torch.no_grad():
                 self.proj.weight.copy_(self._weight())
-                self.proj.bias.copy_(self.held_bias)
         self.own = own
         self.held_weight = None if own is None else self.proj.weight.detach().clone()
-        self.held_bias = None if own is None else self.proj.bias.detach().clone()
 
     def _weight(self) -> torch.Tensor:
         """The projection's weight: block `own` live, the others as held (exactly, whatever
@@ -113,8 +110,7 @@ class VisionExpansion(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [b(x) for b in self.branches]
-        bias = self.proj.bias if self.own is None else self.held_bias
-        fused = F.linear(torch.cat(outs, dim=-1), self._weight(), bias)
+        fused = F.linear(torch.cat(outs, dim=-1), self._weight(), self.proj.bias)
         if self.record and self.training:
             self.cache = (x, outs, fused)
         return fused
@@ -217,7 +213,9 @@ class Unifier(Method):
             self.branch_of[self.current] = len(self.vres[0].branches) - 1
         k = self.branch_of[self.current]
         params = dict(self.backbone.adapter_parameters("main"))
-        params.update(self.backbone.parameters_of(rf"\.vre\.(?:proj|branches\.{k})\."))
+        # proj_train=own: the bias is no branch's, so it does not train (it stays at zero).
+        proj = r"proj\." if self.opts.proj_train == "all" else r"proj\.weight"
+        params.update(self.backbone.parameters_of(rf"\.vre\.(?:{proj}|branches\.{k}\.)"))
         self.backbone.set_trainable(params)
         if self.opts.proj_train == "own":
             for vre in self.vres:
