@@ -17,12 +17,13 @@ from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.media import AUDIO_RATE, load_audio, read_video
 from mmcl.data.records import load_records, validate_file
 from mmcl.data.synth.media import write_mp4, write_wav
-from mmcl.errors import DataError
+from mmcl.errors import DataError, MmclError
 from mmcl.methods import make_method
 from mmcl.metrics import caption_scores, caption_tokens, score_task
 from mmcl.pretraining.media import media_backbone
 from mmcl.runner import Run
 from mmcl.scoring.micl import vqa as vqa_score
+from mmcl.train import TrainSettings, _after_epoch, train
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +266,57 @@ def test_ikd_and_ptg_losses_are_zero_when_student_equals_teacher(audio_tasks):
     assert terms["ptg"].item() > 1e-4 and terms["ikd"].item() > 1e-4
     terms["ikd"].backward()
     assert any(p.grad is not None for p in m.backbone.adapter_parameters("main").values())
+
+
+def test_fusion_moves_the_adapter_towards_the_teacher_after_each_epoch(audio_tasks):
+    m = _moincl(audio_tasks, fusion=[1.0, 0.25], ptg_fraction=0, ikd_weight=0)
+    m.setup()
+    live = m.backbone.adapter_parameters("main")
+    _perturb(live)
+    m.before_task(audio_tasks[1], 1)  # fusion 1.0 at this step: the weights stay
+    _perturb(live, seed=1)
+    before = {n: p.detach().clone() for n, p in live.items()}
+    m.after_epoch(0)
+    assert all(torch.equal(p, before[n]) for n, p in live.items())
+    m.after_task(audio_tasks[1], 1)
+    m.before_task(audio_tasks[2], 2)
+    teacher = {n: t.clone() for n, t in m.teacher.items()}
+    _perturb(live, seed=2)  # stands in for an epoch of training
+    trained = {n: p.detach().clone() for n, p in live.items()}
+    m.after_epoch(0)
+    for n, p in live.items():
+        assert torch.allclose(p, 0.25 * trained[n] + 0.75 * teacher[n], atol=1e-6)
+
+
+def test_the_loop_calls_after_epoch_after_each_pass(audio_tasks):
+    m = _moincl(audio_tasks)
+    m.setup()
+    calls = []
+    m.after_epoch = calls.append
+    records = list(audio_tasks[0].train[:16])  # two batches a pass; 2.5 passes: 5 batches
+    train(m.backbone, records, TrainSettings(epochs=2.5, batch_size=8), 0, m)
+    assert calls == [0, 1, 2]  # the last pass is partial
+
+
+def test_a_hook_that_moves_weights_stops_under_fsdp():
+    class Mover:
+        name = "mover"
+
+        def after_epoch(self, epoch):
+            with torch.no_grad():
+                weight.add_(1.0)
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    _after_epoch(Mover(), 0, [], "t")  # not sharded: nothing is watched
+    with pytest.raises(MmclError, match="mover moves the weights.*FSDP"):
+        _after_epoch(Mover(), 0, [weight], "t")
+
+
+def test_fusion_settings_are_checked(audio_tasks):
+    with pytest.raises(MmclError, match="fusion lists 1 weights.*needs 2"):
+        _moincl(audio_tasks, fusion=[0.5])
+    with pytest.raises(MmclError, match="fusion"):
+        _moincl(audio_tasks, fusion=1.5)
 
 
 def test_moincl_micro_run_on_micl_order1(tmp_path):

@@ -101,6 +101,18 @@ def _gather_trained(shell: nn.Module, model: nn.Module) -> None:
         raise MmclError(f"FSDP: trained weights the model does not have: {unexpected[:5]}")
 
 
+def _after_epoch(method: Method, epoch: int, watched: list[nn.Parameter], desc: str) -> None:
+    """The method's `after_epoch`; under FSDP (`watched`: the model's trained weights) an error
+    if it moved them, since the shards that train would not see it."""
+    before = [p.detach().clone() for p in watched]
+    method.after_epoch(epoch)
+    if any(not torch.equal(b, p) for b, p in zip(before, watched, strict=True)):
+        raise MmclError(
+            f"{desc}: {method.name} moves the weights after each epoch, which FSDP's shards "
+            "would not see; train it with DDP or DeepSpeed ZeRO-2"
+        )
+
+
 def train(
     backbone: Backbone,
     records: list[Record],
@@ -157,6 +169,7 @@ def train(
             transient=False,
         ) as bar:
             job = bar.add_task(desc, total=n_batches, loss=float("nan"), sps=0.0)
+            epoch = 0
             while done < n_batches:
                 for batch in loader:
                     with acc.accumulate(wrapped):
@@ -205,6 +218,9 @@ def train(
                         )
                     if done >= n_batches:
                         break
+                if method is not None:
+                    _after_epoch(method, epoch, params if sharded else [], desc)
+                epoch += 1
         if sharded:
             _gather_trained(wrapped, plain)
     return TrainStats(seen, time.perf_counter() - t0, loss_ema)

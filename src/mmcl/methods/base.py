@@ -2,9 +2,10 @@
 
 A method is a class registered by name. The runner calls, in order:
 `setup()` once, then per task `before_task` -> training on `train_records` with `loss`
-added to the answer loss -> `after_task`; at evaluation `predict` may route each sample to an
-adapter. `state_dict` / `load_state_dict` carry what resume needs (tensors go to safetensors,
-everything else to JSON). Class attributes declare what the method needs.
+added to the answer loss, and `after_epoch` after each pass over them -> `after_task`; at
+evaluation `predict` may route each sample to an adapter. `state_dict` / `load_state_dict`
+carry what resume needs (tensors go to safetensors, everything else to JSON). Class attributes
+declare what the method needs.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class Method:
     def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
         """Extra loss terms, by name, added to the answer-token loss."""
         return {}
+
+    def after_epoch(self, epoch: int) -> None:
+        """After each pass over the training records (epoch counts from 0; the last pass may
+        be partial): a method may move its weights (moincl's fusion with the teacher)."""
 
     def after_task(self, task: Task, step: int) -> None:
         """After training on `task`: consolidate (Fisher, teachers, freezing, routers)."""

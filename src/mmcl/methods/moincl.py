@@ -13,6 +13,12 @@ through `distill.teacher_logits`):
   built-in instruction set are answered by the teacher; every training step, a few of them
   go through the current model and the teacher, with a per-token KL on the answer tokens.
 
+- Fusion (the published code's `llm_fusion`, which its run scripts apply after every epoch
+  from the second task on): the adapter weights move back towards the teacher's,
+  w <- alpha * w + (1 - alpha) * w_teacher. The scripts set alpha per step and order (0.1 to
+  0.8); the paper's text does not describe it, so it is off by default (`fusion: 1`). A value
+  sets one alpha for every step, a list one per step from the second (the scripts' schedule).
+
 Nothing of the training data is stored: pseudo targets and instruction answers are generated
 again from the restored weights when a step is resumed.
 """
@@ -26,7 +32,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mmcl.data.benchmarks import Task, TaskSpec
 from mmcl.data.records import PLACEHOLDER, Record
@@ -72,6 +78,18 @@ class MoinclOptions(LoraOptions):
     ikd_temperature: float = Field(5.0, gt=0, description="softmax temperature of IKD's KL")
     ikd_batch_size: int = Field(8, ge=1, description="instructions distilled per training step")
     instructions: str | None = Field(None, description="instruction set JSON; default built-in")
+    fusion: float | list[float] = Field(
+        1.0,
+        description="weight of the new adapter after each epoch's fusion with the teacher (1: "
+        "none); a list: one per step from the second",
+    )
+
+    @field_validator("fusion")
+    @classmethod
+    def _fusion_range(cls, v: float | list[float]) -> float | list[float]:
+        if not all(0 <= a <= 1 for a in (v if isinstance(v, list) else [v])):
+            raise ValueError("fusion weights must be between 0 and 1")
+        return v
 
 
 @register
@@ -82,7 +100,14 @@ class MoInCL(LoraFT):
 
     def __init__(self, backbone, options, tasks, seed):
         super().__init__(backbone, options, tasks, seed)
+        fusion = options.fusion
+        if isinstance(fusion, list) and len(fusion) != len(tasks) - 1:
+            raise MmclError(
+                f"moincl: method.fusion lists {len(fusion)} weights; the stream has "
+                f"{len(tasks)} tasks, so it needs {len(tasks) - 1} (one per step from the second)"
+            )
         self.instructions = load_instructions(options.instructions)
+        self.alpha = 1.0  # this step's fusion weight (1: no fusion, as on the first task)
         self.teacher: dict[str, torch.Tensor] = {}
         self.pseudo: list[Record] = []
         self.ikd_records: list[Record] = []
@@ -139,9 +164,11 @@ class MoInCL(LoraFT):
 
     # --- hooks ------------------------------------------------------------------------------
     def before_task(self, task: Task, step: int) -> None:
-        self.pseudo, self.ikd_records, self.teacher = [], [], {}
+        self.pseudo, self.ikd_records, self.teacher, self.alpha = [], [], {}, 1.0
         if step == 0:
             return
+        f = self.opts.fusion
+        self.alpha = f[step - 1] if isinstance(f, list) else f
         self.teacher = {
             n: p.detach().clone() for n, p in self.backbone.adapter_parameters("main").items()
         }
@@ -182,6 +209,13 @@ class MoInCL(LoraFT):
             self._kl["ikd_kl"].append(kl.item())
             terms["ikd"] = self.opts.ikd_weight * kl
         return terms
+
+    def after_epoch(self, epoch: int) -> None:
+        if not self.teacher or self.alpha == 1.0:
+            return
+        with torch.no_grad():
+            for name, p in self.backbone.adapter_parameters("main").items():
+                p.lerp_(self.teacher[name].to(p.dtype), 1.0 - self.alpha)
 
     def after_task(self, task: Task, step: int) -> None:
         self.stats["pseudo_targets"].append(len(self.pseudo))
