@@ -25,8 +25,8 @@ def test_generation_is_deterministic_and_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "b"))
     b = bench.materialize(3, 6, 4)
     assert _digest(a) == _digest(b)
-    # math gets twice the training samples of the others (its train_scale), tests as many
-    sizes = {"ocr": 6, "math": 12, "perception": 6, "gui": 6}
+    # math gets three times the training samples of the others (its train_scale), tests as many
+    sizes = {"ocr": 6, "math": 18, "perception": 6, "gui": 6}
     for task in bench.order:
         for split in ("train", "test"):
             n, problems = validate_file(a / task / f"{split}.json")
@@ -80,6 +80,9 @@ def test_answers_match_task_formats():
                 assert s.answers[0].isdigit()
             if name == "gui":
                 assert s.answers[0].startswith("click ")
+                # the instruction names the button by one colour (never black, the title's ink)
+                named = [c for c in COLOURS if f" {c} button" in s.question]
+                assert len(named) == 1 and named != ["black"]
 
 
 def test_answers_are_balanced_where_a_constant_answer_would_pay():

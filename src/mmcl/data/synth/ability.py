@@ -130,44 +130,48 @@ def make_perception(rng: np.random.Generator, split: str) -> Sample:
 
 
 def make_gui(rng: np.random.Generator, split: str) -> Sample:
-    """An app screen: a title bar and labelled buttons, one enabled (coloured) and the others
-    disabled (black); the answer is the action to take. (Buttons named by colour or position in
-    the question need the attribute lookup the tiny LM cannot learn from this much data.)"""
+    """An app screen: a title bar and labelled buttons, each framed in its own colour; the
+    instruction names the button to use by its colour, as a GUI agent's instruction names its
+    target, and the answer is the action ("click J"). When the screen's one coloured button was
+    to be found unnamed ("press the highlighted button"), every run started on a plateau
+    (the letter guessed, loss about 1.1 a token) that most left within 14 to 80 batches and
+    some never did: whether lora-ft learned GUI at all (7 or 100) was a trajectory's luck."""
     img, d = canvas(GRID, (245, 245, 245))
     d.rectangle((0, 0, GRID.size - 1, GRID.cell - 1), fill=(60, 60, 70))
     cells = [(r, c) for r, c in GRID.cells() if r > 0]
     n_btn = int(rng.integers(3, 6))
     where = _pick(rng, cells, n_btn)
     labels = _pick(rng, LETTERS, n_btn)
+    colours = _pick(rng, [c for c in COLOURS if c != "black"], n_btn)
     k = int(rng.integers(0, n_btn))
-    colour = _pick(rng, [c for c in COLOURS if c != "black"])
-    for j, ((r, c), label) in enumerate(zip(where, labels, strict=True)):
-        draw_button(d, label, GRID.box(r, c, pad=0), COLOURS[colour if j == k else "black"])
+    for (r, c), label, colour in zip(where, labels, colours, strict=True):
+        draw_button(d, label, GRID.box(r, c, pad=0), COLOURS[colour])
     q = _pick(
         rng,
         [
-            "press the highlighted button. what is the next action?",
-            "one button is enabled. what is the next action?",
-            "what is the next action on this screen?",
+            "press the {} button. what is the next action?",
+            "the {} button is the one to use. what is the next action?",
+            "what is the next action? use the {} button.",
         ],
     )
-    return Sample(q, [f"click {labels[k]}"], [img])
+    return Sample(q.format(colours[k]), [f"click {labels[k]}"], [img])
 
 
 TASKS = {
     t.name: t
     for t in (
         SynthTask("ocr", "image", "lenient", "reading words written in the image (OCR)", make_ocr),
-        # Twice the samples: from 1000 the tiny model learns to compare (100%) but not its sums
-        # and differences (48% and 51% on bases 0 and 1, lora-ft alone); from 1500, 65%; from
-        # 2000, 97% and 98%.
+        # Three times the samples: from 1000 the tiny model learns to compare (100%) but not its
+        # sums and differences (48% and 51% on bases 0 and 1, lora-ft alone); from 1500, 65%;
+        # from 2000, 97% and 98% at run seed 0 but 62% and 66% at seeds 1 and 2 on base 0
+        # (lora-ft after OCR; joint 66% and 52%); from 3000, 99% at seed 1.
         SynthTask(
             "math",
             "image",
             "number",
             "arithmetic and comparing numbers (math & logic)",
             make_math,
-            train_scale=2,
+            train_scale=3,
         ),
         SynthTask(
             "perception",
