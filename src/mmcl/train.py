@@ -37,11 +37,11 @@ from transformers import get_cosine_schedule_with_warmup
 from mmcl.config import TrainSettings
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
+from mmcl.methods.base import Method
 
 __all__ = ["TrainSettings", "TrainStats", "train"]  # TrainSettings lives in config
 
 if TYPE_CHECKING:
-    from mmcl.methods.base import Method
     from mmcl.models.base import Backbone
 
 
@@ -219,7 +219,9 @@ def train(
                     if done >= n_batches:
                         break
                 if method is not None:
-                    _after_epoch(method, epoch, params if sharded else [], desc)
+                    # Only a hook of the method's own can move weights: watch them for it alone.
+                    own = type(method).after_epoch is not Method.after_epoch
+                    _after_epoch(method, epoch, params if sharded and own else [], desc)
                 epoch += 1
         if sharded:
             _gather_trained(wrapped, plain)

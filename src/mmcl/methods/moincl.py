@@ -30,9 +30,10 @@ import random
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from mmcl.data.benchmarks import Task, TaskSpec
 from mmcl.data.records import PLACEHOLDER, Record
@@ -44,6 +45,7 @@ from mmcl.methods.lora_ft import LoraFT, LoraOptions
 from mmcl.models.base import Batch, Outputs
 
 TASK_TYPES = ("caption", "qa")
+Weight = Annotated[float, Field(ge=0, le=1)]
 
 
 def task_type(spec: TaskSpec) -> str:
@@ -78,18 +80,11 @@ class MoinclOptions(LoraOptions):
     ikd_temperature: float = Field(5.0, gt=0, description="softmax temperature of IKD's KL")
     ikd_batch_size: int = Field(8, ge=1, description="instructions distilled per training step")
     instructions: str | None = Field(None, description="instruction set JSON; default built-in")
-    fusion: float | list[float] = Field(
+    fusion: Weight | list[Weight] = Field(
         1.0,
         description="weight of the new adapter after each epoch's fusion with the teacher (1: "
         "none); a list: one per step from the second",
     )
-
-    @field_validator("fusion")
-    @classmethod
-    def _fusion_range(cls, v: float | list[float]) -> float | list[float]:
-        if not all(0 <= a <= 1 for a in (v if isinstance(v, list) else [v])):
-            raise ValueError("fusion weights must be between 0 and 1")
-        return v
 
 
 @register
@@ -215,7 +210,7 @@ class MoInCL(LoraFT):
             return
         with torch.no_grad():
             for name, p in self.backbone.adapter_parameters("main").items():
-                p.lerp_(self.teacher[name].to(p.dtype), 1.0 - self.alpha)
+                p.lerp_(self.teacher[name], 1.0 - self.alpha)
 
     def after_task(self, task: Task, step: int) -> None:
         self.stats["pseudo_targets"].append(len(self.pseudo))
