@@ -76,3 +76,16 @@ def test_methods_reach_the_model_only_through_the_backbone():
         f.name: reach.findall(f.read_text(encoding="utf-8")) for f in (SRC / "methods").glob("*.py")
     }
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_every_shipped_preset_is_valid():
+    """configs/*.yaml are the presets users copy: each loads, and its method's settings
+    validate (a misspelt option would otherwise only fail when a run starts)."""
+    from mmcl.config import load_config
+    from mmcl.methods import method_options
+
+    presets = sorted((SRC.parents[1] / "configs").glob("*.yaml"))
+    assert presets
+    for path in presets:
+        settings = load_config(path, {}).method.model_dump()
+        method_options(settings.pop("name"), settings)

@@ -6,15 +6,18 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmcl.config import load_config
 from mmcl.data.benchmarks import get_benchmark
 from mmcl.data.synth import sample_rng
 from mmcl.data.synth.draw import position_name
 from mmcl.data.synth.scenario import SCENARIOS, TASKS, scenario_of
+from mmcl.errors import MmclError
 from mmcl.io import load_tensors
 from mmcl.methods import make_method
-from mmcl.methods.unifier import Unifier, consistency_loss
+from mmcl.methods.unifier import Unifier
+from mmcl.methods.vision_expansion import consistency_loss
 from mmcl.metrics import (
     box_hits,
     box_iou,
@@ -196,6 +199,39 @@ def test_proj_train_own_holds_the_other_blocks_and_the_bias(tasks):
             assert torch.equal(w[:, :width], before[n]), n
             assert not torch.equal(w[:, width:], torch.eye(width) / 2), n  # its own block trained
     assert all(vre.own is None and vre.held_weight is None for vre in method.vres)
+
+
+def test_routed_runs_each_image_through_its_own_branch(tasks):
+    """routed: an image's VRE output is its branch's through that branch's block only, whatever
+    the other samples of its batch; training holds the other blocks; a test image is routed to
+    the branch whose prototype is nearest, and the routing is kept across a restore."""
+    with pytest.raises(MmclError, match="routed"):
+        _method({"routed": True})  # vcc is on by default: nothing to fuse, so refused
+    method = _method({"routed": True, "vcc": False})
+    _step(method, tasks[0], 0)
+    _step(method, tasks[1], 1)
+    vre = method.vres[0]
+    w = vre.width
+    x = torch.randn(3, 5, w)
+    with torch.no_grad():
+        alone = [
+            F.linear(vre.branches[k](x), vre.proj.weight[:, k * w : (k + 1) * w]) for k in (0, 1)
+        ]
+        vre.route = torch.tensor([1, 0, 1])
+        mixed = vre(x)
+    for i, k in enumerate([1, 0, 1]):
+        torch.testing.assert_close(mixed[i], alone[k][i])
+    assert all(torch.equal(p.bias, torch.zeros_like(p.bias)) for p in [vre.proj])
+    assert set(method.features) == {0, 1} and len(method.features[0]) == len(tasks[0].train)
+    for k, task in enumerate(tasks[:2]):  # the micro model's two looks are told apart
+        assert method.route(task.test).tolist() == [k] * len(task.test)
+    batch = method.backbone.collate(tasks[1].test, train=False)
+    assert method.predict(batch) is None and vre.route.tolist() == [1] * len(tasks[1].test)
+    method.after_stream()
+    assert method.report()["routing_accuracy"] == {"high_altitude": 100.0, "underwater": 100.0}
+    fresh = _method({"routed": True, "vcc": False})
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.route(tasks[0].test), method.route(tasks[0].test))
 
 
 def test_inference_uses_no_scenario_id(tasks):

@@ -23,7 +23,13 @@ the per-scenario representations are the snapshots, used in the loss only). `pro
 trains only the current branch's block of the projection, holding the other blocks and the
 bias (so at zero) as before the task: it tests whether a task's retraining of how the earlier
 branches are mixed is what forgets (not the paper's method, which trains the whole
-projection). The language model is tuned with one LoRA, as in lora-ft. The modules live
+projection). `routed: true` goes further and removes the fusion: each image runs only its
+scenario's branch and that branch's block of the projection (trained as with `own`), the
+scenario told at test time by the nearest per-branch prototype of the base model's pooled image
+features (prototype_router.py; VRE and LoRA off). It tests whether fusing every branch for every
+image is what forgets; it is a routed expansion, not the paper's method.
+
+The language model is tuned with one LoRA, as in lora-ft. The modules (vision_expansion.py) live
 inside the vision blocks of `backbone.core` (registered as `<block>.mlp.vre`, run by a hook on
 the FFN that finds them there), so the runner checkpoints them by name, and a copy of the model
 (FSDP's sharded one, see train.py) runs its own copies of them.
@@ -31,11 +37,9 @@ the FFN that finds them there), so the runner checkpoints them by name, and a co
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch.func import functional_call
@@ -45,112 +49,10 @@ from mmcl.data.synth.scenario import scenario_of
 from mmcl.errors import MmclError
 from mmcl.methods import register
 from mmcl.methods.base import Method, MethodOptions
+from mmcl.methods.prototype_router import nearest_prototype, prototype_metric
+from mmcl.methods.vision_expansion import VisionExpansion, add_expansion, consistency_loss
 from mmcl.models.base import Batch, LoraSpec, Outputs
-
-
-class Branch(nn.Module):
-    """A bottleneck branch; the up-projection starts at zero, so a new branch changes nothing."""
-
-    def __init__(self, width: int, rank: int):
-        super().__init__()
-        self.down = nn.Linear(width, rank)
-        self.up = nn.Linear(rank, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(F.gelu(self.down(x)))
-
-
-class VisionExpansion(nn.Module):
-    """The VRE module of one vision block: branches and the shared projection."""
-
-    def __init__(self, width: int, rank: int, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.width, self.rank, self.dtype = width, rank, dtype
-        self.branches = nn.ModuleList()
-        self.register_module("proj", None)
-        self.record = False  # keep (input, branch outputs, fused) of training forwards for VCC
-        self.cache: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
-        self.own: int | None = None  # proj_train=own: the block that trains (others held)
-        self.register_buffer("held_weight", None, persistent=False)
-
-    def add_branch(self, device: torch.device) -> None:
-        """Append a branch; the projection widens, keeping its weights for the earlier ones and
-        starting the new branch's block at identity / K."""
-        k = len(self.branches) + 1
-        self.branches.append(Branch(self.width, self.rank).to(device, self.dtype))
-        proj = nn.Linear(k * self.width, self.width).to(device, self.dtype)
-        with torch.no_grad():
-            proj.weight.zero_()
-            proj.bias.zero_()
-            if self.proj is not None:
-                proj.weight[:, : -self.width].copy_(self.proj.weight)
-                proj.bias.copy_(self.proj.bias)
-            proj.weight[:, -self.width :].copy_(torch.eye(self.width) / k)
-        self.proj = proj
-
-    def hold(self, own: int | None) -> None:
-        """From now on train only block `own` of the projection's weight, the other blocks held
-        as they are; None: write them back into the weight and stop holding."""
-        if own is None and self.own is not None:
-            with torch.no_grad():
-                self.proj.weight.copy_(self._weight())
-        self.own = own
-        self.held_weight = None if own is None else self.proj.weight.detach().clone()
-
-    def _weight(self) -> torch.Tensor:
-        """The projection's weight: block `own` live, the others as held (exactly, whatever
-        the optimizer's weight decay does to the parameter's other blocks)."""
-        if self.own is None:
-            return self.proj.weight
-        lo, hi = self.own * self.width, (self.own + 1) * self.width
-        held = self.held_weight
-        return torch.cat([held[:, :lo], self.proj.weight[:, lo:hi], held[:, hi:]], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [b(x) for b in self.branches]
-        fused = F.linear(torch.cat(outs, dim=-1), self._weight(), self.proj.bias)
-        if self.record and self.training:
-            self.cache = (x, outs, fused)
-        return fused
-
-    def frozen_copy(self) -> VisionExpansion:
-        """This module as it is now, detached from training: the old model of VCC."""
-        cache, self.cache = self.cache, None
-        twin = copy.deepcopy(self).requires_grad_(False)
-        self.cache, twin.record = cache, False
-        return twin
-
-
-def profile_kl(target: torch.Tensor, output: torch.Tensor, tau: float) -> torch.Tensor:
-    """Temperature-scaled KL(target || output) of two (B, N, D) outputs, on their token profiles
-    (mean over features, softmax over the N tokens) plus their feature profiles (mean over
-    tokens, softmax over the D features); batch mean, times tau^2."""
-    loss = output.new_zeros((), dtype=torch.float32)
-    for dim in (-1, 1):
-        t = F.log_softmax(target.float().mean(dim) / tau, dim=-1)
-        o = F.log_softmax(output.float().mean(dim) / tau, dim=-1)
-        loss = loss + F.kl_div(o, t, log_target=True, reduction="batchmean") * tau**2
-    return loss
-
-
-def consistency_loss(
-    branches: list[torch.Tensor], fused: torch.Tensor, old: torch.Tensor | None, tau: float
-) -> torch.Tensor:
-    """VCC of one layer: each branch output pulled to the prototype (the mean of the branch
-    outputs, a fixed target), and the fused output to the old model's (`old`; none on the
-    first task). Zero when the branches agree and the fused output is the old one."""
-    proto = torch.stack(branches).mean(0).detach()
-    loss = sum(profile_kl(proto, b, tau) for b in branches)
-    if old is not None:
-        loss = loss + profile_kl(old, fused, tau)
-    return loss
-
-
-def _add_expansion(ffn: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook of a vision block's FFN: add its VRE module's output to the FFN's."""
-    return output + ffn.vre(args[0]) if len(ffn.vre.branches) else output
+from mmcl.models.lora import BASE
 
 
 def _ffn(block: nn.Module) -> nn.Module:
@@ -172,6 +74,13 @@ class UnifierOptions(MethodOptions):
     proj_train: Literal["all", "own"] = Field(
         "all", description="projection blocks a task trains: all (the paper) or its branch's"
     )
+    routed: bool = Field(
+        False, description="each image through its scenario's branch only (not the paper's)"
+    )
+    route_samples: int = Field(128, ge=2, description="routed: prototype samples per task")
+    route_shrinkage: float = Field(
+        0.1, gt=0, le=1, description="routed: covariance shrinkage of the prototype metric"
+    )
 
 
 @register
@@ -182,6 +91,8 @@ class Unifier(Method):
     not_exportable = "its per-scenario vision branches and their fusion live in the vision encoder"
 
     def setup(self) -> None:
+        if self.opts.routed and (self.opts.vcc or not self.opts.vre):
+            raise MmclError("unifier: routed needs vre: true and vcc: false (no fusion to hold)")
         self.backbone.add_lora("main", self.opts.lora)
         self.backbone.use_adapters("main")
         self.vres: list[VisionExpansion] = []
@@ -191,19 +102,24 @@ class Unifier(Method):
             vre = VisionExpansion(first.in_features, self.opts.rank, first.weight.dtype)
             vre.record = self.opts.vcc
             ffn.add_module("vre", vre)
-            ffn.register_forward_hook(_add_expansion)
+            ffn.register_forward_hook(add_expansion)
             self.vres.append(vre)
         self.branch_of: dict[str, int] = {}  # scenario -> its branch (training only)
         self.snapshots: dict[str, list[dict[str, torch.Tensor]]] = {}  # vre=False: per layer
         self.old: list[VisionExpansion] = []  # per layer, as before this task (VCC's old model)
         self.current: str | None = None
+        self.features: dict[int, torch.Tensor] = {}  # routed: branch -> base image features
+        self.metric: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.routing: dict[str, float] = {}  # routed: task -> share of its test images routed right
+        self.tests: dict[str, list] = {}  # routed: each seen task's test records (routing_accuracy)
 
     def _add_branch(self) -> None:
         for vre in self.vres:
-            vre.add_branch(self.backbone.device)
+            vre.add_branch(self.backbone.device, scale=not self.opts.routed)
 
     def before_task(self, task: Task, step: int) -> None:
         self.current = scenario_of(task.name)
+        self.tests[task.name] = task.test
         # Taken before a new branch is added: its up-projection starts at zero, so the old
         # model's output is the same with or without it. Rebuilt from the weights on resume.
         self.old = [vre.frozen_copy() for vre in self.vres] if self.branch_of else []
@@ -213,13 +129,16 @@ class Unifier(Method):
             self.branch_of[self.current] = len(self.vres[0].branches) - 1
         k = self.branch_of[self.current]
         params = dict(self.backbone.adapter_parameters("main"))
-        # proj_train=own: the bias is no branch's, so it does not train (it stays at zero).
-        proj = r"proj\." if self.opts.proj_train == "all" else r"proj\.weight"
+        # proj_train=own and routed: the bias is no branch's, so it does not train (stays 0).
+        own = self.opts.proj_train == "own" or self.opts.routed
+        proj = r"proj\.weight" if own else r"proj\."
         params.update(self.backbone.parameters_of(rf"\.vre\.(?:{proj}|branches\.{k}\.)"))
         self.backbone.set_trainable(params)
-        if self.opts.proj_train == "own":
+        if own:
             for vre in self.vres:
                 vre.hold(k)
+        for vre in self.vres:
+            vre.route = k if self.opts.routed else None
 
     def loss(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
         if not self.opts.vcc:
@@ -247,18 +166,79 @@ class Unifier(Method):
     def after_task(self, task: Task, step: int) -> None:
         for vre in self.vres:
             vre.hold(None)
+        if self.opts.routed:
+            rng = torch.Generator().manual_seed(self.seed * 1000 + step)
+            n = min(self.opts.route_samples, len(task.train))
+            chosen = torch.randperm(len(task.train), generator=rng)[:n].sort().values
+            feats = self.base_features([task.train[i] for i in chosen.tolist()])
+            k = self.branch_of[self.current]
+            old = self.features.get(k)
+            self.features[k] = feats if old is None else torch.cat([old, feats])
+            self.metric = None
         if not self.opts.vre and self.opts.vcc:
             self.snapshots[self.current] = [
                 {n: p.detach().clone() for n, p in vre.branches[0].named_parameters()}
                 for vre in self.vres
             ]
 
+    # --- routed: which branch sees an image ---------------------------------------------------
+    @torch.no_grad()
+    def base_features(self, records: list, batch: Batch | None = None) -> torch.Tensor:
+        """(B, H) the base model's last hidden state pooled over each prompt's image tokens,
+        with VRE and LoRA off, in chunks of 64 records (or of `batch`)."""
+        for vre in self.vres:
+            vre.enabled = False
+        try:
+            batches = (
+                [batch]
+                if batch is not None
+                else [
+                    self.backbone.collate(records[s : s + 64], train=False)
+                    for s in range(0, len(records), 64)
+                ]
+            )
+            feats = []
+            for b in batches:
+                b = b.to(self.backbone.device)
+                names = [BASE] * len(b) if self.backbone.adapters else None
+                feats.append(self.backbone.modality_features(b, adapter_names=names)[0].cpu())
+        finally:
+            for vre in self.vres:
+                vre.enabled = True
+        return torch.cat(feats)
+
+    def route(self, records: list, batch: Batch | None = None) -> torch.Tensor:
+        """(B,) the branch of each image: the nearest branch prototype."""
+        if self.metric is None:
+            ks = sorted(self.features)
+            self.metric = prototype_metric(
+                [self.features[k] for k in ks], self.opts.route_shrinkage
+            )
+        return nearest_prototype(self.base_features(records, batch), *self.metric)
+
+    def predict(self, batch: Batch) -> list[str] | None:
+        """routed: sets each image's branch for the generation that follows."""
+        if self.opts.routed and self.features:
+            route = self.route([], batch)
+            for vre in self.vres:
+                vre.route = route
+        return None
+
+    def after_stream(self) -> None:
+        """routed: the share of each task's test images sent to its scenario's branch."""
+        if self.opts.routed and self.features:
+            for name, test in self.tests.items():
+                hit = (self.route(test) == self.branch_of[scenario_of(name)]).float().mean()
+                self.routing[name] = round(100 * float(hit), 2)
+
     def report(self) -> dict[str, Any]:
         n = sum(p.numel() for vre in self.vres for p in vre.parameters())
+        extra = {"routing_accuracy": dict(self.routing)} if self.opts.routed else {}
         return {
             "branches": len(self.vres[0].branches),
             "branch_of": dict(self.branch_of),
             "vision_expansion_parameters": n,
+            **extra,
         }
 
     # --- resume -----------------------------------------------------------------------------
@@ -266,7 +246,16 @@ class Unifier(Method):
         # Branch and projection weights are saved by the runner (they were trainable); here
         # only the scenario -> branch map and the snapshots (never trainable, so not saved).
         snaps = {s: {str(i): x for i, x in enumerate(ls)} for s, ls in self.snapshots.items()}
-        return {"branch_of": dict(self.branch_of), "snapshots": snaps}
+        feats = {str(k): f for k, f in self.features.items()}
+        return {
+            "branch_of": dict(self.branch_of),
+            "snapshots": snaps,
+            "features": feats,
+            "routing": dict(self.routing),
+        }
+
+    def restore_tasks(self, seen: list[Task]) -> None:
+        self.tests = {t.name: t.test for t in seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.branch_of = {s: int(k) for s, k in state["branch_of"].items()}
@@ -279,3 +268,5 @@ class Unifier(Method):
             ]
             for s, layers in state.get("snapshots", {}).items()
         }
+        self.features = {int(k): f for k, f in state.get("features", {}).items()}
+        self.routing = dict(state.get("routing", {}))
