@@ -31,7 +31,7 @@ from mmcl.pretraining.base import base_key, pretrained_backbone
 from mmcl.train import TrainSettings
 
 # Bump when the extension's architecture or corpus changes meaning.
-MEDIA_VERSION = 2
+MEDIA_VERSION = 3
 NEW_PARTS = ("encoders.audio.", "projectors.audio.", "encoders.video.", "projectors.video.")
 META_KEY = {"audio": "sound", "video": "clip"}
 

@@ -107,16 +107,17 @@ def write_wav(samples: np.ndarray, path: Path) -> None:
 
 
 def write_mp4(frames: list[Image.Image], path: Path) -> None:
-    """RGB frames -> H.264 mp4 at VIDEO_FPS; near-lossless (crf 12) so that small shapes keep
-    their colours, and single-threaded so that the bytes are the same on every run."""
+    """RGB frames -> H.264 mp4 at VIDEO_FPS, lossless (qp 0): the decoded frames are exactly
+    the frames in yuv420p, whatever the encoder decides. Lossy x264 (crf 12, even single-threaded)
+    gave other bytes on some runs, more often on a busy machine, and so other training data from
+    the same seed; lossless is also smaller on these flat-coloured clips."""
     import av
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=VIDEO_FPS)
         stream.width, stream.height = frames[0].size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "veryfast"}
-        stream.codec_context.thread_count = 1
+        stream.options = {"qp": "0", "preset": "veryfast"}
         for img in frames:
             out.mux(stream.encode(av.VideoFrame.from_image(img.convert("RGB"))))
         out.mux(stream.encode(None))
