@@ -223,15 +223,17 @@ def test_routed_runs_each_image_through_its_own_branch(tasks):
         torch.testing.assert_close(mixed[i], alone[k][i])
     assert all(torch.equal(p.bias, torch.zeros_like(p.bias)) for p in [vre.proj])
     assert set(method.features) == {0, 1} and len(method.features[0]) == len(tasks[0].train)
+    test = {k: method.backbone.collate(t.test, train=False) for k, t in enumerate(tasks[:2])}
     for k, task in enumerate(tasks[:2]):  # the micro model's two looks are told apart
-        assert method.route(task.test).tolist() == [k] * len(task.test)
-    batch = method.backbone.collate(tasks[1].test, train=False)
-    assert method.predict(batch) is None and vre.route.tolist() == [1] * len(tasks[1].test)
+        assert method.route(test[k]).tolist() == [k] * len(task.test)
+    assert method.predict(test[0]) is None  # evaluation's routes are what after_stream counts
+    assert method.predict(test[1]) is None and vre.route.tolist() == [1] * len(tasks[1].test)
     method.after_stream()
     assert method.report()["routing_accuracy"] == {"high_altitude": 100.0, "underwater": 100.0}
     fresh = _method({"routed": True, "vcc": False})
     fresh.load_state_dict(method.state_dict())
-    assert torch.equal(fresh.route(tasks[0].test), method.route(tasks[0].test))
+    assert torch.equal(fresh.route(test[0]), method.route(test[0]))
+    assert fresh.routes == method.routes
 
 
 def test_inference_uses_no_scenario_id(tasks):

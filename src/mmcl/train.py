@@ -151,6 +151,9 @@ def train(
     sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
     plain = backbone.model
     sharded = acc.distributed_type == DistributedType.FSDP
+    # Under FSDP, the weights an after_epoch hook could move: only a hook of the method's own.
+    hooked = method is not None and type(method).after_epoch is not Method.after_epoch
+    watched = params if sharded and hooked else []
     wrapped, opt, loader, sched = acc.prepare(
         _shell(plain) if sharded else plain, opt, loader, sched
     )
@@ -219,9 +222,7 @@ def train(
                     if done >= n_batches:
                         break
                 if method is not None:
-                    # Only a hook of the method's own can move weights: watch them for it alone.
-                    own = type(method).after_epoch is not Method.after_epoch
-                    _after_epoch(method, epoch, params if sharded and own else [], desc)
+                    _after_epoch(method, epoch, watched, desc)
                 epoch += 1
         if sharded:
             _gather_trained(wrapped, plain)

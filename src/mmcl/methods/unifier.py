@@ -112,6 +112,7 @@ class Unifier(Method):
         self.metric: tuple[torch.Tensor, torch.Tensor] | None = None
         self.routing: dict[str, float] = {}  # routed: task -> share of its test images routed right
         self.tests: dict[str, list] = {}  # routed: each seen task's test records (routing_accuracy)
+        self.routes: dict[str, int] = {}  # routed: test record id -> branch, as last evaluated
 
     def _add_branch(self) -> None:
         for vre in self.vres:
@@ -170,7 +171,13 @@ class Unifier(Method):
             rng = torch.Generator().manual_seed(self.seed * 1000 + step)
             n = min(self.opts.route_samples, len(task.train))
             chosen = torch.randperm(len(task.train), generator=rng)[:n].sort().values
-            feats = self.base_features([task.train[i] for i in chosen.tolist()])
+            picked = [task.train[i] for i in chosen.tolist()]
+            feats = torch.cat(
+                [
+                    self.base_features(self.backbone.collate(picked[s : s + 64], train=False))
+                    for s in range(0, len(picked), 64)
+                ]
+            )
             k = self.branch_of[self.current]
             old = self.features.get(k)
             self.features[k] = feats if old is None else torch.cat([old, feats])
@@ -183,53 +190,45 @@ class Unifier(Method):
 
     # --- routed: which branch sees an image ---------------------------------------------------
     @torch.no_grad()
-    def base_features(self, records: list, batch: Batch | None = None) -> torch.Tensor:
+    def base_features(self, batch: Batch) -> torch.Tensor:
         """(B, H) the base model's last hidden state pooled over each prompt's image tokens,
-        with VRE and LoRA off, in chunks of 64 records (or of `batch`)."""
+        with VRE and LoRA off."""
         for vre in self.vres:
             vre.enabled = False
         try:
-            batches = (
-                [batch]
-                if batch is not None
-                else [
-                    self.backbone.collate(records[s : s + 64], train=False)
-                    for s in range(0, len(records), 64)
-                ]
-            )
-            feats = []
-            for b in batches:
-                b = b.to(self.backbone.device)
-                names = [BASE] * len(b) if self.backbone.adapters else None
-                feats.append(self.backbone.modality_features(b, adapter_names=names)[0].cpu())
+            batch = batch.to(self.backbone.device)
+            names = [BASE] * len(batch) if self.backbone.adapters else None
+            return self.backbone.modality_features(batch, adapter_names=names)[0].cpu()
         finally:
             for vre in self.vres:
                 vre.enabled = True
-        return torch.cat(feats)
 
-    def route(self, records: list, batch: Batch | None = None) -> torch.Tensor:
+    def route(self, batch: Batch) -> torch.Tensor:
         """(B,) the branch of each image: the nearest branch prototype."""
         if self.metric is None:
             ks = sorted(self.features)
             self.metric = prototype_metric(
                 [self.features[k] for k in ks], self.opts.route_shrinkage
             )
-        return nearest_prototype(self.base_features(records, batch), *self.metric)
+        return nearest_prototype(self.base_features(batch), *self.metric)
 
     def predict(self, batch: Batch) -> list[str] | None:
         """routed: sets each image's branch for the generation that follows."""
         if self.opts.routed and self.features:
-            route = self.route([], batch)
+            route = self.route(batch)
             for vre in self.vres:
                 vre.route = route
+            self.routes.update(zip((r.id for r in batch.records), route.tolist(), strict=True))
         return None
 
     def after_stream(self) -> None:
-        """routed: the share of each task's test images sent to its scenario's branch."""
+        """routed: the share of each task's test images that the last evaluation sent to its
+        scenario's branch."""
         if self.opts.routed and self.features:
             for name, test in self.tests.items():
-                hit = (self.route(test) == self.branch_of[scenario_of(name)]).float().mean()
-                self.routing[name] = round(100 * float(hit), 2)
+                k = self.branch_of[scenario_of(name)]
+                hit = sum(self.routes.get(r.id) == k for r in test) / len(test)
+                self.routing[name] = round(100 * hit, 2)
 
     def report(self) -> dict[str, Any]:
         n = sum(p.numel() for vre in self.vres for p in vre.parameters())
@@ -252,6 +251,7 @@ class Unifier(Method):
             "snapshots": snaps,
             "features": feats,
             "routing": dict(self.routing),
+            "routes": dict(self.routes),
         }
 
     def restore_tasks(self, seen: list[Task]) -> None:
@@ -270,3 +270,4 @@ class Unifier(Method):
         }
         self.features = {int(k): f for k, f in state.get("features", {}).items()}
         self.routing = dict(state.get("routing", {}))
+        self.routes = dict(state.get("routes", {}))
