@@ -244,13 +244,13 @@ class Unifier(Method):
     def state_dict(self) -> dict[str, Any]:
         # Branch and projection weights are saved by the runner (they were trainable); here
         # only the scenario -> branch map and the snapshots (never trainable, so not saved).
+        # Not `routing`: the runner saves before `after_stream`, which derives it from `routes`.
         snaps = {s: {str(i): x for i, x in enumerate(ls)} for s, ls in self.snapshots.items()}
         feats = {str(k): f for k, f in self.features.items()}
         return {
             "branch_of": dict(self.branch_of),
             "snapshots": snaps,
             "features": feats,
-            "routing": dict(self.routing),
             "routes": dict(self.routes),
         }
 
@@ -269,5 +269,4 @@ class Unifier(Method):
             for s, layers in state.get("snapshots", {}).items()
         }
         self.features = {int(k): f for k, f in state.get("features", {}).items()}
-        self.routing = dict(state.get("routing", {}))
         self.routes = dict(state.get("routes", {}))
