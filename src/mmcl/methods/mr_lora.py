@@ -150,7 +150,8 @@ class MrLora(Method):
         self.samples[task.name] = [task.train[i] for i in chosen]
         self.sample_ids[task.name] = [r.id for r in self.samples[task.name]]
         if self.opts.router == "prototype":
-            self.features[task.name] = self._pooled(self.samples[task.name]).cpu()
+            samples = self.backbone.collate(self.samples[task.name], train=False)
+            self.features[task.name] = pooled_states(self.backbone, samples, self.router_layers())
             self._metric = None
         else:
             self._train_router(step)
@@ -244,7 +245,7 @@ class MrLora(Method):
 
     @torch.no_grad()
     def router_scores(
-        self, records: list[Record], batch: Batch | None = None
+        self, records: list[Record], batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass of the router (no generation): (B, experts) scores of each expert's
         letter as the next token, (B,) whether its top token is a letter; media features that
@@ -252,8 +253,7 @@ class MrLora(Method):
         prefix, firsts = self.letter_tokens()
         routing = self.backbone.collate([self.routing_record(r) for r in records], train=False)
         routing = routing.to(self.backbone.device)
-        if batch is not None:
-            routing.encoded = batch.encoded  # the same media, in the same order
+        routing.encoded = batch.encoded  # the same media, in the same order
         routing = routing.with_suffix(prefix)
         self.backbone.use_adapters(ROUTER)
         with self._routing(answering=True):
@@ -261,15 +261,12 @@ class MrLora(Method):
         named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))
         return logits[:, firsts].cpu(), named.cpu()
 
-    def _route_mllm(self, records: list[Record], batch: Batch | None) -> tuple[list[str], int]:
+    def _route_mllm(self, records: list[Record], batch: Batch) -> tuple[list[str], int]:
         """The best-scored letter (the counted fallback, too, when the top token is none)."""
         scores, named = self.router_scores(records, batch)
         return [self.experts[int(k)] for k in scores.argmax(-1)], int((~named).sum())
 
     # --- the prototype router ---------------------------------------------------------------
-    def _pooled(self, records: list[Record], batch: Batch | None = None) -> torch.Tensor:
-        return pooled_states(self.backbone, records, batch, self.router_layers())  # base model
-
     def prototype_metric(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(prototypes, precision matrix) of the stored pooled states (prototype_router.py)."""
         if self._metric is None:
@@ -277,18 +274,20 @@ class MrLora(Method):
             self._metric = prototype_metric(feats, self.opts.prototype_shrinkage)
         return self._metric
 
-    def _route_prototype(self, records: list[Record], batch: Batch | None) -> list[str]:
-        nearest = nearest_prototype(self._pooled(records, batch), *self.prototype_metric())
+    def _route_prototype(self, batch: Batch) -> list[str]:
+        states = pooled_states(self.backbone, batch, self.router_layers())  # the base model's
+        nearest = nearest_prototype(states, *self.prototype_metric())
         return [self.experts[int(k)] for k in nearest]
 
     # --- inference --------------------------------------------------------------------------
     def route(self, records: list[Record], batch: Batch | None = None) -> tuple[list[str], int]:
         """(expert per record, number of fallbacks). `batch`, the records' own prompts, gets
         their media features (encoded once), which the router and then the expert read."""
-        if batch is not None:
-            self.backbone.encode_media(batch)
+        if batch is None:
+            batch = self.backbone.collate(records, train=False).to(self.backbone.device)
+        self.backbone.encode_media(batch)
         if self.opts.router == "prototype":
-            return self._route_prototype(records, batch), 0
+            return self._route_prototype(batch), 0
         return self._route_mllm(records, batch)
 
     def predict(self, batch: Batch) -> list[str] | None:

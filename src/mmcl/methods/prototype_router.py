@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import torch
 
-from mmcl.data.records import Record
 from mmcl.models.base import Backbone, Batch
 from mmcl.models.lora import BASE
 
 
 @torch.no_grad()
-def pooled_states(
-    backbone: Backbone, records: list[Record], batch: Batch | None, layers: int | None
-) -> torch.Tensor:
-    """The base model's prompt-pooled last hidden states (every adapter bypassed; after the
-    first `layers` decoder layers, None: all), of `batch` or else of `records`."""
-    if batch is None:
-        batch = backbone.collate(records, train=False).to(backbone.device)
+def pooled_states(backbone: Backbone, batch: Batch, layers: int | None) -> torch.Tensor:
+    """(B, H) the base model's prompt-pooled last hidden states of `batch` (every adapter
+    bypassed; after the first `layers` decoder layers, None: all)."""
+    batch = batch.to(backbone.device)
     names = [BASE] * len(batch) if backbone.adapters else None
     with backbone.eval_mode(), backbone.first_layers(layers):
         out = backbone.forward(batch, adapter_names=names, hidden=True)
-    return out.hidden.float()
+    return out.hidden.float().cpu()
 
 
 def prototype_metric(
