@@ -102,22 +102,22 @@ def test_modes_are_restored_and_the_teacher_runs_plain(backbone):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_methods_leave_the_mode_as_they_found_it(backbone, training):
-    """ewc's Fisher, the distillation teacher, mr-lora's prototype router and generation run in
-    eval mode and hand the model back in the mode it had."""
+    """ewc's Fisher, the distillation teacher, the prototype router's pooled states and
+    generation run in eval mode and hand the model back in the mode it had."""
     from mmcl.methods import make_method
     from mmcl.methods.distill import teacher_logits
+    from mmcl.methods.prototype_router import pooled_states
 
     tasks = get_benchmark("ability").load(0, 8, 2, ["ocr", "gui"])
     specs = [t.spec for t in tasks]
     ewc = make_method("ewc", {"fisher_samples": 2}, backbone, specs, 0)
     ewc.setup()
-    router = make_method("mr-lora", {"router": "prototype"}, backbone, specs, 0)
     snapshot = {n: p.detach().clone() for n, p in backbone.adapter_parameters("main").items()}
     batch = backbone.collate(tasks[0].train[:2], train=True)
     runs = {
         "ewc": lambda: ewc.estimate_fisher(tasks[0]),
         "teacher": lambda: teacher_logits(backbone, snapshot, batch),
-        "mr-lora": lambda: router._pooled(tasks[0].train[:2]),
+        "prototype router": lambda: pooled_states(backbone, batch, None),
         "generate": lambda: backbone.generate(backbone.collate(tasks[0].test, train=False)),
     }
     for name, run in runs.items():
