@@ -163,12 +163,12 @@ def test_routing_fallback_is_counted_and_deterministic(micro_stream, monkeypatch
     assert len(set(firsts)) == 2
 
     batch = backbone.collate(micro_stream[1].test[:3], train=False)
-    scores, named = method.router_scores(batch.records, batch)
+    scores, named = method.router_scores(batch)
     assert scores.shape == (3, 2) and named.shape == (3,)
-    assert torch.equal(method.router_scores(batch.records, batch)[0], scores)  # deterministic
+    assert torch.equal(method.router_scores(batch)[0], scores)  # deterministic
     # the router's top tokens: no letter, no letter, a letter; the best letters: gui, ocr, gui
     fake = (torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([False, False, True]))
-    monkeypatch.setattr(method, "router_scores", lambda records, batch=None: fake)
+    monkeypatch.setattr(method, "router_scores", lambda batch: fake)
     assert method.predict(batch) == ["gui", "ocr", "gui"]
     assert method.report()["routing"]["fallbacks"] == 2
     assert method.report()["routing"]["routed"] == 3

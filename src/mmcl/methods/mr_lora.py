@@ -244,14 +244,13 @@ class MrLora(Method):
         return enc[0][:k], firsts
 
     @torch.no_grad()
-    def router_scores(
-        self, records: list[Record], batch: Batch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def router_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass of the router (no generation): (B, experts) scores of each expert's
         letter as the next token, (B,) whether its top token is a letter; media features that
         `batch` (the records' own prompts) holds are read, not encoded again."""
         prefix, firsts = self.letter_tokens()
-        routing = self.backbone.collate([self.routing_record(r) for r in records], train=False)
+        routing = [self.routing_record(r) for r in batch.records]
+        routing = self.backbone.collate(routing, train=False)
         routing = routing.to(self.backbone.device)
         routing.encoded = batch.encoded  # the same media, in the same order
         routing = routing.with_suffix(prefix)
@@ -261,9 +260,9 @@ class MrLora(Method):
         named = torch.isin(logits.argmax(-1), torch.tensor(firsts, device=logits.device))
         return logits[:, firsts].cpu(), named.cpu()
 
-    def _route_mllm(self, records: list[Record], batch: Batch) -> tuple[list[str], int]:
+    def _route_mllm(self, batch: Batch) -> tuple[list[str], int]:
         """The best-scored letter (the counted fallback, too, when the top token is none)."""
-        scores, named = self.router_scores(records, batch)
+        scores, named = self.router_scores(batch)
         return [self.experts[int(k)] for k in scores.argmax(-1)], int((~named).sum())
 
     # --- the prototype router ---------------------------------------------------------------
@@ -288,7 +287,7 @@ class MrLora(Method):
         self.backbone.encode_media(batch)
         if self.opts.router == "prototype":
             return self._route_prototype(batch), 0
-        return self._route_mllm(records, batch)
+        return self._route_mllm(batch)
 
     def predict(self, batch: Batch) -> list[str] | None:
         if not self.experts:
