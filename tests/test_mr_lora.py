@@ -386,7 +386,8 @@ def test_prototype_router_state_survives_a_checkpoint(micro_stream, monkeypatch)
         method.before_task(task, step)
         method.after_task(task, step)
     records = [r for t in micro_stream for r in t.test]
-    routes, fallbacks = method.route(records)
+    batch = method.backbone.collate(records, train=False)
+    routes, fallbacks = method.route(batch)
     assert fallbacks == 0 and set(routes) <= {"ocr", "gui"}
 
     tensors, rest = split_state(method.state_dict())
@@ -395,4 +396,4 @@ def test_prototype_router_state_survives_a_checkpoint(micro_stream, monkeypatch)
     again.restore_tasks(micro_stream)
     assert again.experts == ["ocr", "gui"] and set(again.backbone.adapters) == {"ocr", "gui"}
     assert again.sample_ids == method.sample_ids and again.samples == method.samples
-    assert again.route(records) == (routes, 0)
+    assert again.route(again.backbone.collate(records, train=False)) == (routes, 0)

@@ -32,7 +32,7 @@ def routed_inference(backbone: Backbone, tasks: list[Task], p: BenchPreset) -> d
         for step, task in enumerate(tasks):
             small = Task(task.spec, task.train[: p.batch_size], task.test)
             learn_task(method, small, step, settings, 0, desc="expert")
-        _, failed = method.route(records[:bs])
+        _, failed = method.route(backbone.collate(records[:bs], train=False).to(backbone.device))
         cost = method.measure_cost(records)
         return {
             "how": "mr-lora: one router forward pass scores the letters, then experts answer "

@@ -279,11 +279,9 @@ class MrLora(Method):
         return [self.experts[int(k)] for k in nearest]
 
     # --- inference --------------------------------------------------------------------------
-    def route(self, records: list[Record], batch: Batch | None = None) -> tuple[list[str], int]:
-        """(expert per record, number of fallbacks). `batch`, the records' own prompts, gets
-        their media features (encoded once), which the router and then the expert read."""
-        if batch is None:
-            batch = self.backbone.collate(records, train=False).to(self.backbone.device)
+    def route(self, batch: Batch) -> tuple[list[str], int]:
+        """(expert per record of `batch`, number of fallbacks). The batch, on the model's device,
+        gets its media features (encoded once), which the router and then the expert read."""
         self.backbone.encode_media(batch)
         if self.opts.router == "prototype":
             return self._route_prototype(batch), 0
@@ -292,7 +290,7 @@ class MrLora(Method):
     def predict(self, batch: Batch) -> list[str] | None:
         if not self.experts:
             return None
-        routes, failed = self.route(batch.records, batch)
+        routes, failed = self.route(batch)
         self.fallbacks[-1] += failed
         self.routed[-1] += len(routes)
         self.activate()

@@ -45,7 +45,7 @@ def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
         longest = max(len(i) for i in ids) + 1  # and its end
         return min(longest, backbone.max_new_tokens)
 
-    method.route(chunks[0][:2])  # warm-up of both paths
+    method.route(collate(chunks[0][:2]))  # warm-up of both paths
     backbone.use_adapters(method.experts[-1])
     backbone.generate(collate(chunks[0][:2]))
     wall = {"single": 0.0, "router": 0.0, "routed": 0.0}
@@ -65,7 +65,7 @@ def routing_cost(method: Router, records: list[Record]) -> dict[str, float]:
             t0 = clock()
             backbone.generate(batch, max_new_tokens=n, min_new_tokens=n)
             t1 = clock()
-            names, _ = method.route(chunk, batch)
+            names, _ = method.route(batch)
             t2 = clock()
             method.activate()
             backbone.generate(batch, adapter_names=names, max_new_tokens=n, min_new_tokens=n)
