@@ -25,8 +25,9 @@ def test_generation_is_deterministic_and_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "b"))
     b = bench.materialize(3, 6, 4)
     assert _digest(a) == _digest(b)
-    # math gets three times the training samples of the others (its train_scale), tests as many
-    sizes = {"ocr": 6, "math": 18, "perception": 6, "gui": 6}
+    # math gets three times the training samples of ocr and perception, gui twice (their
+    # train_scale); tests as many
+    sizes = {"ocr": 6, "math": 18, "perception": 6, "gui": 12}
     for task in bench.order:
         for split in ("train", "test"):
             n, problems = validate_file(a / task / f"{split}.json")

@@ -60,24 +60,26 @@ def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
     scalars = read_scalars(tmp_path / "run" / "tensorboard")
     tasks, matrix = res["tasks"], res["accuracy_matrix"]
 
-    # 48 samples per task, batch 16, 1 epoch: 3 batches per task, one value each, steps 1..6.
+    # 48 samples for ocr and 96 for gui (its train_scale), batch 16, 1 epoch: 3 batches, then
+    # 6, one value each, steps 1..9.
     losses = scalars["train/loss"]
-    assert [s for s, _ in losses] == list(range(1, 7))
+    assert [s for s, _ in losses] == list(range(1, 10))
     assert all(math.isfinite(v) and v > 0 for _, v in losses)
-    for k, task in enumerate(tasks):
-        assert [s for s, _ in scalars[f"task/{task}/loss"]] == [3 * k + 1, 3 * k + 2, 3 * k + 3]
-    assert len(scalars["train/lr"]) == len(scalars["train/samples_per_s"]) == 6
+    assert tasks == ["ocr", "gui"]
+    assert [s for s, _ in scalars["task/ocr/loss"]] == [1, 2, 3]
+    assert [s for s, _ in scalars["task/gui/loss"]] == list(range(4, 10))
+    assert len(scalars["train/lr"]) == len(scalars["train/samples_per_s"]) == 9
     # ewc's penalty is an extra term from its second task on; the total is answer + penalty.
     ewc = dict(scalars["train/ewc"])
     answer = dict(scalars["train/answer_loss"])
-    assert sorted(ewc) == [4, 5, 6]
+    assert sorted(ewc) == list(range(4, 10))
     for step, total in losses:
         assert total == pytest.approx(answer[step] + ewc.get(step, 0.0), rel=1e-5)
 
     # After each step its accuracy row, at the batch count where that step ended.
     for i, task in enumerate(tasks):
         row = scalars[f"eval/{task}"]
-        assert [s for s, _ in row] == [3, 6]
+        assert [s for s, _ in row] == [3, 9]
         assert [v for _, v in row] == pytest.approx([matrix[0][i], matrix[1][i]])
         assert scalars[f"zero_shot/{task}"] == [(0, pytest.approx(res["zero_shot"][i]))]
     assert all(len(scalars[f"continual/{m}"]) == 2 for m in res["metrics"])
