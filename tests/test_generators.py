@@ -25,13 +25,12 @@ def test_generation_is_deterministic_and_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "b"))
     b = bench.materialize(3, 6, 4)
     assert _digest(a) == _digest(b)
-    # math gets three times the training samples of ocr and perception, gui twice (their
-    # train_scale); tests as many
-    sizes = {"ocr": 6, "math": 18, "perception": 6, "gui": 12}
+    # a task's training size is multiplied by its train_scale (math 3, gui 2); tests as many
+    scale = {name: task.train_scale for name, task in family_tasks("ability").items()}
     for task in bench.order:
         for split in ("train", "test"):
             n, problems = validate_file(a / task / f"{split}.json")
-            assert problems == [] and n == (sizes[task] if split == "train" else 4)
+            assert problems == [] and n == (6 * scale[task] if split == "train" else 4)
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "c"))
     assert _digest(bench.materialize(4, 6, 4)) != _digest(a)
 

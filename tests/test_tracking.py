@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import threading
@@ -13,6 +14,7 @@ import pytest
 from accelerate.utils import is_wandb_available
 
 from mmcl.config import load_config
+from mmcl.data.synth import family_tasks
 from mmcl.errors import MmclError
 from mmcl.runner import Run
 from mmcl.tracking import RunTracker, flat_config, resolve_trackers
@@ -60,26 +62,27 @@ def test_tensorboard_holds_losses_and_one_accuracy_row_per_step(
     scalars = read_scalars(tmp_path / "run" / "tensorboard")
     tasks, matrix = res["tasks"], res["accuracy_matrix"]
 
-    # 48 samples for ocr and 96 for gui (its train_scale), batch 16, 1 epoch: 3 batches, then
-    # 6, one value each, steps 1..9.
-    losses = scalars["train/loss"]
-    assert [s for s, _ in losses] == list(range(1, 10))
-    assert all(math.isfinite(v) and v > 0 for _, v in losses)
+    # 48 samples a task times its train_scale, batch 16, 1 epoch: 3 batches a unit of scale,
+    # one value each; the steps count on across tasks.
     assert tasks == ["ocr", "gui"]
-    assert [s for s, _ in scalars["task/ocr/loss"]] == [1, 2, 3]
-    assert [s for s, _ in scalars["task/gui/loss"]] == list(range(4, 10))
-    assert len(scalars["train/lr"]) == len(scalars["train/samples_per_s"]) == 9
+    first, last = itertools.accumulate(3 * family_tasks("ability")[t].train_scale for t in tasks)
+    losses = scalars["train/loss"]
+    assert [s for s, _ in losses] == list(range(1, last + 1))
+    assert all(math.isfinite(v) and v > 0 for _, v in losses)
+    assert [s for s, _ in scalars["task/ocr/loss"]] == list(range(1, first + 1))
+    assert [s for s, _ in scalars["task/gui/loss"]] == list(range(first + 1, last + 1))
+    assert len(scalars["train/lr"]) == len(scalars["train/samples_per_s"]) == last
     # ewc's penalty is an extra term from its second task on; the total is answer + penalty.
     ewc = dict(scalars["train/ewc"])
     answer = dict(scalars["train/answer_loss"])
-    assert sorted(ewc) == list(range(4, 10))
+    assert sorted(ewc) == list(range(first + 1, last + 1))
     for step, total in losses:
         assert total == pytest.approx(answer[step] + ewc.get(step, 0.0), rel=1e-5)
 
     # After each step its accuracy row, at the batch count where that step ended.
     for i, task in enumerate(tasks):
         row = scalars[f"eval/{task}"]
-        assert [s for s, _ in row] == [3, 9]
+        assert [s for s, _ in row] == [first, last]
         assert [v for _, v in row] == pytest.approx([matrix[0][i], matrix[1][i]])
         assert scalars[f"zero_shot/{task}"] == [(0, pytest.approx(res["zero_shot"][i]))]
     assert all(len(scalars[f"continual/{m}"]) == 2 for m in res["metrics"])

@@ -183,7 +183,7 @@ TASKS = {
         # Twice the samples: from 1000, lora-ft after three tasks stayed on GUI's plateau (the
         # letter the same whatever the screen) in 2 of 12 runs (seeds 0-5, bases 0 and 1) and 3
         # of 9 under AVX2 kernels, the plateau's length being long-tailed; from 2000 it left it
-        # in all of them (docs/measurements.md, s45).
+        # in all of them, and in all 22 runs of seeds 0-10 (docs/measurements.md, s45, s46).
         SynthTask(
             "gui",
             "image",
