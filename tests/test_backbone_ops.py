@@ -124,3 +124,51 @@ def test_methods_leave_the_mode_as_they_found_it(backbone, training):
         backbone.model.train(training)
         run()
         assert backbone.model.training is training, name
+
+
+def test_the_output_layer_runs_on_the_answer_window_alone(backbone, monkeypatch):
+    """A training pass computes logits only from the position before the batch's first answer
+    token on; they, the loss and the adapter's gradients are the whole head's, bit for bit
+    (a windowed run trains as a full one did), and a head that trains sees every position."""
+    import mmcl.models.base as base
+
+    lora = TwoAdapters(backbone, TwoAdapters.Options(), [], 0)
+    lora.setup()
+    backbone.use_adapters("mlp")
+    params = backbone.adapter_parameters("mlp")
+    backbone.set_trainable(params)
+    tasks = get_benchmark("ability").load(0, 8, 2, ["ocr", "gui"])
+    batch = backbone.collate(tasks[0].train[:3] + tasks[1].train[:3], train=True)
+
+    def run() -> tuple:
+        out = backbone.forward(batch)
+        grads = torch.autograd.grad(out.loss, list(params.values()))
+        return out, grads
+
+    windowed, grads = run()
+    monkeypatch.setattr(base, "answer_window", lambda labels: 0)
+    full, full_grads = run()
+    n = windowed.logits.shape[1]
+    assert n < full.logits.shape[1] == batch.input_ids.shape[1]
+    assert windowed.answer_mask.sum() == full.answer_mask.sum()
+    assert torch.equal(windowed.logits, full.logits[:, -n:])
+    assert torch.allclose(windowed.loss, full.loss, rtol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(grads, full_grads, strict=True))
+    monkeypatch.undo()
+    backbone.set_trainable({**params, **dict(backbone.output_layer().named_parameters())})
+    assert backbone.forward(batch).logits.shape[1] == batch.input_ids.shape[1]
+
+
+def test_answer_window():
+    from mmcl.models.batch import IGNORE, MIN_WINDOW, answer_window
+
+    labels = torch.full((2, 40), IGNORE)
+    assert answer_window(labels) == 0  # no answer: every position
+    labels[0, 30:33], labels[1, 25:27] = 1, 1  # answers at 30-32 and 25-26 (right padding)
+    assert answer_window(labels) == 40 - 24  # from the position that predicts token 25
+    labels[1, 25:27], labels[1, 36] = IGNORE, 1
+    assert answer_window(labels) == 40 - 29
+    labels[:, :39], labels[:, 39] = IGNORE, 1
+    assert answer_window(labels) == MIN_WINDOW
+    labels[0, 1] = 1
+    assert answer_window(labels) == 0  # the window would be the whole row

@@ -14,6 +14,7 @@ from mmcl.bench.common import BenchPreset, count, fixed_length, timed
 from mmcl.data.benchmarks import TaskSpec
 from mmcl.data.records import Record
 from mmcl.models.base import Backbone
+from mmcl.models.batch import answer_window
 from mmcl.train import TrainSettings, train
 
 
@@ -48,13 +49,16 @@ def flops_per_sample(backbone: Backbone, records: list[Record]) -> tuple[float, 
     core = backbone.core
     batch = backbone.collate(records, train=True)
     lm_tokens = batch.input_ids.shape[1]  # every position is computed, padding included
+    head_tokens = answer_window(batch.labels) or lm_tokens  # the output layer's positions
     vis_tokens = sum(len(r.media.get("image", ())) for r in records) / len(records)
     tower = core.encoders["image"]
     n_vis = count(tower.parameters())
     n_proj = count(core.projectors["image"].parameters())
     n_lm = count(core.lm.parameters())  # the tied embedding stands for the LM head's matmul
+    n_head = count(backbone.output_layer().parameters())
     patches = tower.num_tokens + 1  # + CLS
-    flops = 6 * (n_lm * lm_tokens + vis_tokens * (n_vis + n_proj) * patches)
+    lm = (n_lm - n_head) * lm_tokens + n_head * head_tokens
+    flops = 6 * (lm + vis_tokens * (n_vis + n_proj) * patches)
     return flops, lm_tokens
 
 

@@ -55,9 +55,10 @@ class _Forward(nn.Module):
 def teacher_logits(
     backbone: Backbone, params: dict[str, torch.Tensor], batch: Batch
 ) -> torch.Tensor:
-    """Logits (B, L, V) of the backbone in eval mode with `params` (core parameter name ->
-    tensor, e.g. a snapshot of the adapter weights taken before the task) replacing its own
-    parameters of those names; the live parameters and their gradients are untouched."""
+    """Logits (B, N, V), as `Outputs.logits`, of the backbone in eval mode with `params` (core
+    parameter name -> tensor, e.g. a snapshot of the adapter weights taken before the task)
+    replacing its own parameters of those names; the live parameters and their gradients are
+    untouched."""
     unknown = set(params) - {n for n, _ in backbone.core.named_parameters()}
     if unknown:  # torch.func would silently ignore them and run the live weights
         raise MmclError(f"teacher_logits: the model has no parameters {sorted(unknown)[:3]}")

@@ -18,7 +18,7 @@ from torch import nn
 
 from mmcl.data.records import Record
 from mmcl.errors import MmclError
-from mmcl.models.batch import IGNORE, Batch, Outputs, answer_loss, is_per_token
+from mmcl.models.batch import IGNORE, Batch, Outputs, answer_loss, answer_window, is_per_token
 from mmcl.models.last_position import reading_last
 from mmcl.models.lora import LoraAdapters, LoraSpec, lm_linear_regex
 
@@ -59,8 +59,10 @@ class Backbone(LoraAdapters, ABC):
         only (left padding, for generation)."""
 
     @abstractmethod
-    def _forward(self, batch: Batch, hidden: bool, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, last hidden states)."""
+    def _forward(
+        self, batch: Batch, hidden: bool, window: int = 0, **kw
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits of the last `window` positions, or of all for 0; last hidden states)."""
 
     @abstractmethod
     def _generate(self, batch: Batch, max_new_tokens: int, **kw) -> torch.Tensor:
@@ -154,11 +156,16 @@ class Backbone(LoraAdapters, ABC):
         self, batch: Batch, adapter_names: list[str] | None = None, hidden: bool = False
     ) -> Outputs:
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
-        logits, h = self._forward(batch, hidden, **kw)
         labels = batch.labels
+        # The output layer runs on the answers' window only: on the tiny model it is a tenth
+        # of a training pass's compute. Where it trains (base pretraining's tied embedding,
+        # MICL's adapter copies), its gradient sums over the positions and would round
+        # otherwise with fewer of them: every position then, so that those runs stay as built.
+        window = answer_window(labels) if labels is not None and not self._head_trains() else 0
+        logits, h = self._forward(batch, hidden, window, **kw)
         if labels is not None and logits.shape[1] < labels.shape[1]:
-            # The backbone ran a prefix shared by every row once and gave the logits of the
-            # positions after it (a prefix is prompt: none of its tokens is an answer).
+            # The logits are the last positions': the window's, or those after a prefix that
+            # every row shares and the backbone ran once (a prefix holds no answer token).
             labels = labels[:, -logits.shape[1] :]
         loss = answer_loss(logits, labels) if labels is not None else logits.new_zeros(())
         pooled = None
@@ -218,6 +225,13 @@ class Backbone(LoraAdapters, ABC):
         """The language model's token embedding: its width is that of the hidden states, and
         prompt-tuning methods (modalprompt) put their prompt vectors in its output."""
         return self.core.get_input_embeddings()
+
+    def output_layer(self) -> nn.Module:
+        """The language model's output layer (its LM head)."""
+        return self.core.get_output_embeddings()
+
+    def _head_trains(self) -> bool:
+        return any(p.requires_grad for p in self.output_layer().parameters())
 
     @abstractmethod
     def media_mask(self, batch: Batch) -> torch.Tensor:

@@ -73,14 +73,33 @@ class Batch:
 @dataclass
 class Outputs:
     loss: torch.Tensor
-    logits: torch.Tensor  # (B, L, V), position t predicts token t + 1
-    labels: torch.Tensor  # (B, L)
+    # (B, N, V) for the batch's last N <= L positions (`answer_window`), position t predicting
+    # token t + 1; `labels` (B, N) are the batch's, cut alike.
+    logits: torch.Tensor
+    labels: torch.Tensor
     hidden: torch.Tensor | None = None  # (B, H): mean of the last hidden layer over the prompt
 
     @property
     def answer_mask(self) -> torch.Tensor:
         """(B, L-1) mask of the positions whose next token is an answer token."""
         return self.labels[:, 1:] != IGNORE
+
+
+# The fewest positions a window keeps: the output layer's matrix product on fewer than four
+# positions a row takes another kernel path, which rounds each logit otherwise (MKL, measured);
+# from there on a position's logits are those of the whole head's, bit for bit.
+MIN_WINDOW = 8
+
+
+def answer_window(labels: torch.Tensor) -> int:
+    """How many last positions of a right-padded training batch the answer loss reads: from
+    the one that predicts the batch's first answer token to the end; 0 for all of them."""
+    answers = (labels[:, 1:] != IGNORE).any(0).nonzero()
+    width = labels.shape[1]
+    if not len(answers):
+        return 0
+    n = max(width - int(answers[0]), MIN_WINDOW)
+    return n if n < width else 0
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

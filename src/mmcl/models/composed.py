@@ -88,6 +88,9 @@ class ComposedBackbone(Backbone):
     def input_embeddings(self) -> nn.Embedding:
         return self.core.lm.get_input_embeddings()
 
+    def output_layer(self) -> nn.Module:
+        return self.core.lm.get_output_embeddings()
+
     def vision_blocks(self) -> list[nn.Module]:
         if "image" not in self.core.encoders:
             raise MmclError("this backbone has no vision encoder")
@@ -215,7 +218,7 @@ class ComposedBackbone(Backbone):
         return n
 
     def _prefix_then_rows(
-        self, rows: list[torch.Tensor], batch: Batch, shared: int, train: bool
+        self, rows: list[torch.Tensor], batch: Batch, shared: int, train: bool, window: int = 0
     ) -> torch.Tensor:
         """Run the shared prefix once, then every row's own tokens from its KV cache through
         the running model (its adapters; a trainer's wrapper, if any); gradients flow through
@@ -238,7 +241,7 @@ class ComposedBackbone(Backbone):
             encoded=batch.encoded,
             cache=cache,
             position_ids=shared + (smask.cumsum(1) - 1).clamp(min=0),
-            logits_to_keep=0 if train else 1,
+            logits_to_keep=(window if window < width else 0) if train else 1,
             prompt_ids=batch.input_ids,  # the media read the whole prompt, prefix included
         ).logits
 
@@ -278,12 +281,12 @@ class ComposedBackbone(Backbone):
         with self.eval_mode():
             return self._prefix_then_rows(rows, batch, shared, train=False)[:, -1]
 
-    def _shared_prefix_logits(self, batch: Batch) -> torch.Tensor | None:
+    def _shared_prefix_logits(self, batch: Batch, window: int = 0) -> torch.Tensor | None:
         """Training logits of a right-padded batch whose rows share a prefix, with that prefix
         run once (as `next_token_logits` does at inference): those of the positions after
-        the prefix, (B, L - prefix, V), which is all the answer loss reads. None when it
-        cannot: no shared prefix, or a distributed wrapper, which must see the whole pass
-        (a base-read prefix has no gradient to share, and is always run apart)."""
+        the prefix, (B, L - prefix, V), or of the last `window` if fewer (all the answer loss
+        reads). None when it cannot: no shared prefix, or a distributed wrapper, which must see
+        the whole pass (a base-read prefix has no gradient to share, and is always run apart)."""
         ids, mask = batch.input_ids, batch.attention_mask
         if self.wrapped and self.base_prefix is None:
             return None
@@ -291,7 +294,7 @@ class ComposedBackbone(Backbone):
         shared = self._shared_length(rows)
         if not shared:
             return None
-        return self._prefix_then_rows(rows, batch, shared, train=True)
+        return self._prefix_then_rows(rows, batch, shared, train=True, window=window)
 
     @torch.no_grad()
     def encode_media(self, batch: Batch) -> Batch:
@@ -305,9 +308,9 @@ class ComposedBackbone(Backbone):
                 }
         return batch
 
-    def _forward(self, batch: Batch, hidden: bool, **kw):
+    def _forward(self, batch: Batch, hidden: bool, window: int = 0, **kw):
         if self.share_prefix and not hidden and not kw:
-            logits = self._shared_prefix_logits(batch)
+            logits = self._shared_prefix_logits(batch, window)
             if logits is not None:
                 return logits, None
         out = self.model(
@@ -316,6 +319,7 @@ class ComposedBackbone(Backbone):
             media=batch.media,
             encoded=batch.encoded,
             output_hidden_states=hidden,
+            logits_to_keep=window,
             **kw,
         )
         return out.logits, (out.hidden_states[-1] if hidden else None)

@@ -236,13 +236,14 @@ class HFNativeBackbone(Backbone):
                 padded[k][i, sl] = v
         return Batch(list(records), ids, mask, labels if train else None, {**media, **padded})
 
-    def _forward(self, batch: Batch, hidden: bool, **kw):
+    def _forward(self, batch: Batch, hidden: bool, window: int = 0, **kw):
         out = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             **batch.media,
             output_hidden_states=hidden,
             use_cache=False,
+            logits_to_keep=window,
             **kw,
         )
         return out.logits, (out.hidden_states[-1] if hidden else None)
