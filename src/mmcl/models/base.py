@@ -51,6 +51,13 @@ class Backbone(LoraAdapters, ABC):
         self.share_prefix = False
         self.base_prefix: str | None = None
         self.prefix_memo: dict = {}
+        # Training passes compute the output layer on the answers' window alone (a tenth of a
+        # pass on the tiny model), unless `set_trainable` made the layer train (base
+        # pretraining's tied embedding, full fine-tuning, MICL's adapter copies): its gradient
+        # sums over the positions, and fewer of them round otherwise, so those runs keep every
+        # position and stay as built. A flag, not the parameters' `requires_grad`, so that a
+        # teacher pass on swapped-in weights (torch.func) computes what the student's does.
+        self.full_head = False
 
     # --- subclasses -------------------------------------------------------------------------
     @abstractmethod
@@ -157,11 +164,7 @@ class Backbone(LoraAdapters, ABC):
     ) -> Outputs:
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
         labels = batch.labels
-        # The output layer runs on the answers' window only: on the tiny model it is a tenth
-        # of a training pass's compute. Where it trains (base pretraining's tied embedding,
-        # MICL's adapter copies), its gradient sums over the positions and would round
-        # otherwise with fewer of them: every position then, so that those runs stay as built.
-        window = answer_window(labels) if labels is not None and not self._head_trains() else 0
+        window = answer_window(labels) if labels is not None and not self.full_head else 0
         logits, h = self._forward(batch, hidden, window, **kw)
         if labels is not None and logits.shape[1] < labels.shape[1]:
             # The logits are the last positions': the window's, or those after a prefix that
@@ -229,9 +232,6 @@ class Backbone(LoraAdapters, ABC):
     def output_layer(self) -> nn.Module:
         """The language model's output layer (its LM head)."""
         return self.core.get_output_embeddings()
-
-    def _head_trains(self) -> bool:
-        return any(p.requires_grad for p in self.output_layer().parameters())
 
     @abstractmethod
     def media_mask(self, batch: Batch) -> torch.Tensor:
@@ -321,6 +321,7 @@ class Backbone(LoraAdapters, ABC):
         keep = None if params is None else {id(p) for p in params.values()}
         for p in self.core.parameters():
             p.requires_grad_(keep is None or id(p) in keep)
+        self.full_head = any(p.requires_grad for p in self.output_layer().parameters())
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.core.named_parameters() if p.requires_grad}
