@@ -49,7 +49,8 @@ def flops_per_sample(backbone: Backbone, records: list[Record]) -> tuple[float, 
     core = backbone.core
     batch = backbone.collate(records, train=True)
     lm_tokens = batch.input_ids.shape[1]  # every position is computed, padding included
-    head_tokens = answer_window(batch.labels) or lm_tokens  # the output layer's positions
+    window = 0 if backbone.full_head else answer_window(batch.labels)
+    head_tokens = window or lm_tokens  # the output layer's positions (models/base.py)
     vis_tokens = sum(len(r.media.get("image", ())) for r in records) / len(records)
     tower = core.encoders["image"]
     n_vis = count(tower.parameters())
