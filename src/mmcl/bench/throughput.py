@@ -14,7 +14,6 @@ from mmcl.bench.common import BenchPreset, count, fixed_length, timed
 from mmcl.data.benchmarks import TaskSpec
 from mmcl.data.records import Record
 from mmcl.models.base import Backbone
-from mmcl.models.batch import answer_window
 from mmcl.train import TrainSettings, train
 
 
@@ -49,8 +48,7 @@ def flops_per_sample(backbone: Backbone, records: list[Record]) -> tuple[float, 
     core = backbone.core
     batch = backbone.collate(records, train=True)
     lm_tokens = batch.input_ids.shape[1]  # every position is computed, padding included
-    window = 0 if backbone.full_head else answer_window(batch.labels)
-    head_tokens = window or lm_tokens  # the output layer's positions (models/base.py)
+    head_tokens = backbone.logits_window(batch.labels) or lm_tokens  # the output layer's
     vis_tokens = sum(len(r.media.get("image", ())) for r in records) / len(records)
     tower = core.encoders["image"]
     n_vis = count(tower.parameters())

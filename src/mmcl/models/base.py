@@ -164,8 +164,7 @@ class Backbone(LoraAdapters, ABC):
     ) -> Outputs:
         kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
         labels = batch.labels
-        window = answer_window(labels) if labels is not None and not self.full_head else 0
-        logits, h = self._forward(batch, hidden, window, **kw)
+        logits, h = self._forward(batch, hidden, self.logits_window(labels), **kw)
         if labels is not None and logits.shape[1] < labels.shape[1]:
             # The logits are the last positions': the window's, or those after a prefix that
             # every row shares and the backbone ran once (a prefix holds no answer token).
@@ -232,6 +231,11 @@ class Backbone(LoraAdapters, ABC):
     def output_layer(self) -> nn.Module:
         """The language model's output layer (its LM head)."""
         return self.core.get_output_embeddings()
+
+    def logits_window(self, labels: torch.Tensor | None) -> int:
+        """How many last positions a forward pass over a batch with these labels computes
+        logits for (0: all): the answers' window, unless the output layer trains."""
+        return 0 if labels is None or self.full_head else answer_window(labels)
 
     @abstractmethod
     def media_mask(self, batch: Batch) -> torch.Tensor:

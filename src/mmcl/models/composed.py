@@ -241,7 +241,7 @@ class ComposedBackbone(Backbone):
             encoded=batch.encoded,
             cache=cache,
             position_ids=shared + (smask.cumsum(1) - 1).clamp(min=0),
-            logits_to_keep=(window if window < width else 0) if train else 1,
+            logits_to_keep=window if train else 1,  # a window past the rows keeps them all
             prompt_ids=batch.input_ids,  # the media read the whole prompt, prefix included
         ).logits
 
