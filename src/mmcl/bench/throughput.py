@@ -48,7 +48,7 @@ def flops_per_sample(backbone: Backbone, records: list[Record]) -> tuple[float, 
     core = backbone.core
     batch = backbone.collate(records, train=True)
     lm_tokens = batch.input_ids.shape[1]  # every position is computed, padding included
-    head_tokens = backbone.logits_window(batch.labels) or lm_tokens  # the output layer's
+    head_tokens = backbone.logits_window(batch.labels) or lm_tokens  # the head's positions
     vis_tokens = sum(len(r.media.get("image", ())) for r in records) / len(records)
     tower = core.encoders["image"]
     n_vis = count(tower.parameters())
