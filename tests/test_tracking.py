@@ -124,3 +124,18 @@ def test_a_run_stopped_by_an_error_is_marked_failed():
     with RunTracker(trackers, ["t"]):
         pass
     assert trackers[0].ended == "finished"
+
+
+def test_each_task_warms_up_its_own_schedule(tmp_path, micro_overrides):
+    # A fresh optimiser per task: its lr rises from 0 over the warmup, peaks, then decays.
+    cfg = load_config(None, {**micro_overrides, "train.batch_size": 4, "track": ["tensorboard"]})
+    Run(cfg, tmp_path / "run").execute()
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    lr = dict(scalars["train/lr"])
+    peak = cfg.train.lr
+    for task in cfg.tasks:
+        rates = [lr[s] for s, _ in scalars[f"task/{task}/loss"]]
+        warmup = int(cfg.train.warmup_ratio * len(rates))
+        assert warmup >= 2, task
+        assert rates[: warmup + 1] == pytest.approx([peak * i / warmup for i in range(warmup + 1)])
+        assert all(a > b for a, b in itertools.pairwise(rates[warmup:])), task

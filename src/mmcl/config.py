@@ -20,7 +20,10 @@ class TrainSettings(BaseModel, extra="forbid"):
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    # Each task starts a fresh AdamW and schedule. A 5% warmup put a LoRA that already holds
+    # earlier tasks at the peak lr within ~10 steps, where a loss spike could leave the new task
+    # half-learned; 20% keeps the schedule's area (the same budget) and removed those cells.
+    warmup_ratio: float = Field(0.2, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
 
 
