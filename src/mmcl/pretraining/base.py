@@ -42,8 +42,8 @@ from mmcl.io import (
 )
 from mmcl.models.composed import ComposedBackbone
 from mmcl.models.tiny import SPECIALS, build_backbone, get_preset
+from mmcl.pretraining import recipe_settings
 from mmcl.question_types import qtype_scores
-from mmcl.train import TrainSettings
 
 # Bump when the architecture code or the pretraining corpus changes meaning.
 BASE_VERSION = 13
@@ -293,7 +293,7 @@ def _train_base(preset_name: str, seed: int, folder: Path) -> ComposedBackbone:
     stats = train(
         backbone,
         task.train[: preset.align_samples],
-        TrainSettings(**preset.pretrain),
+        recipe_settings(preset.pretrain),
         seed,
         desc=f"base pretraining ({preset_name})",
     )

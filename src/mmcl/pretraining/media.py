@@ -27,8 +27,8 @@ from mmcl.io import (
 )
 from mmcl.models.composed import ComposedBackbone
 from mmcl.models.media import AUDIO_WORDS, MEDIA_SIZES, VIDEO_WORDS, add_media_encoders
+from mmcl.pretraining import recipe_settings
 from mmcl.pretraining.base import base_key, pretrained_backbone
-from mmcl.train import TrainSettings
 
 # Bump when the extension's architecture or corpus changes meaning.
 MEDIA_VERSION = 3
@@ -127,7 +127,7 @@ def extend_modalities(backbone: ComposedBackbone, preset_name: str, seed: int) -
     stats = train(
         backbone,
         [r for pair in zip(*align.values(), strict=True) for r in pair],
-        TrainSettings(**sizes.align),
+        recipe_settings(sizes.align),
         seed,
         desc=f"audio/video pretraining ({preset_name})",
     )
