@@ -113,6 +113,15 @@ def _after_epoch(method: Method, epoch: int, watched: list[nn.Parameter], desc: 
         )
 
 
+def optimizer_and_schedule(
+    params: list[nn.Parameter], settings: TrainSettings, total: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its cosine schedule, warming up over `settings.warmup_ratio` of `total` steps:
+    what each task's training starts afresh."""
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return opt, get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
+
+
 def train(
     backbone: Backbone,
     records: list[Record],
@@ -147,8 +156,7 @@ def train(
     steps_per_epoch = math.ceil(len(loader) / settings.grad_accum)
     total = max(1, math.ceil(steps_per_epoch * settings.epochs))
     n_batches = math.ceil(len(loader) * settings.epochs)
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
+    opt, sched = optimizer_and_schedule(params, settings, total)
     plain = backbone.model
     sharded = acc.distributed_type == DistributedType.FSDP
     # Under FSDP, the weights an after_epoch hook could move: only a hook of the method's own.

@@ -8,13 +8,12 @@ import time
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import get_cosine_schedule_with_warmup
 
 from mmcl.bench.common import BenchPreset, count, fixed_length, timed
 from mmcl.data.benchmarks import TaskSpec
 from mmcl.data.records import Record
 from mmcl.models.base import Backbone
-from mmcl.train import TrainSettings, train
+from mmcl.train import TrainSettings, optimizer_and_schedule, train
 
 
 def bare_loop(backbone: Backbone, records: list[Record], settings: TrainSettings, seed: int):
@@ -27,9 +26,7 @@ def bare_loop(backbone: Backbone, records: list[Record], settings: TrainSettings
         generator=torch.Generator().manual_seed(seed),
         collate_fn=lambda rs: backbone.collate(rs, train=True),
     )
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    total = len(loader)
-    sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
+    opt, sched = optimizer_and_schedule(params, settings, len(loader))
     backbone.model.train()
     for batch in loader:
         loss = backbone.forward(batch).loss
