@@ -139,23 +139,3 @@ def test_each_task_warms_up_its_own_schedule(tmp_path, micro_overrides):
         assert warmup >= 2, task
         assert rates[: warmup + 1] == pytest.approx([peak * i / warmup for i in range(warmup + 1)])
         assert all(a > b for a, b in itertools.pairwise(rates[warmup:])), task
-
-
-@pytest.mark.parametrize(
-    ("ratio", "cap", "peak_at"), [(0.2, 100, 100), (0.2, None, 200), (0.05, 100, 50)]
-)
-def test_warmup_is_a_share_of_the_steps_at_most_its_cap(ratio, cap, peak_at):
-    # A run over every task at once (joint) is many tasks long; its warmup stops at the cap.
-    import torch
-
-    from mmcl.train import TrainSettings, optimizer_and_schedule
-
-    settings = TrainSettings(warmup_ratio=ratio, warmup_max_steps=cap)
-    opt, schedule = optimizer_and_schedule([torch.nn.Parameter(torch.zeros(1))], settings, 1000)
-    rates = []
-    for _ in range(300):
-        rates.append(schedule.get_last_lr()[0])
-        opt.step()
-        schedule.step()
-    assert max(range(300), key=rates.__getitem__) == peak_at
-    assert rates[peak_at] == pytest.approx(settings.lr)

@@ -25,13 +25,6 @@ class TrainSettings(BaseModel, extra="forbid"):
     # half-learned; 20% keeps the schedule's area (the same budget) and left no task half-learned
     # in 25 lora-ft runs of `ability` (docs/measurements.md, s49).
     warmup_ratio: float = Field(0.2, ge=0, lt=1)
-    # A warmup needs some tens of steps however long the run, and 20% of a run over every task
-    # at once (joint: 187 of `domain`'s 939 steps) lowered joint (docs/measurements.md, s52).
-    # 120 is above every built-in sequential task's 20% (at most 114: `ability`'s math with
-    # replay), so the cap moves only runs over several tasks' data. None: HF's plain ratio.
-    warmup_max_steps: int | None = Field(
-        120, ge=0, description="at most this many warmup steps, whatever `warmup_ratio` gives"
-    )
     max_grad_norm: float = Field(1.0, gt=0)
 
 

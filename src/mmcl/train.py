@@ -116,13 +116,10 @@ def _after_epoch(method: Method, epoch: int, watched: list[nn.Parameter], desc: 
 def optimizer_and_schedule(
     params: list[nn.Parameter], settings: TrainSettings, total: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW and its cosine schedule, warming up over `settings.warmup_ratio` of `total` steps
-    (at most `settings.warmup_max_steps`): what each task's training starts afresh."""
+    """AdamW and its cosine schedule, warming up over `settings.warmup_ratio` of `total` steps:
+    what each task's training starts afresh."""
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = int(settings.warmup_ratio * total)
-    if settings.warmup_max_steps is not None:
-        warmup = min(warmup, settings.warmup_max_steps)
-    return opt, get_cosine_schedule_with_warmup(opt, warmup, total)
+    return opt, get_cosine_schedule_with_warmup(opt, int(settings.warmup_ratio * total), total)
 
 
 def train(

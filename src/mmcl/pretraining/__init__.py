@@ -7,8 +7,7 @@ from mmcl.train import TrainSettings
 
 
 def recipe_settings(fields: dict[str, Any]) -> TrainSettings:
-    """A base recipe's training settings. Its warmup is the uncapped 5% every shipped and cached
-    base was built with, not `TrainSettings`' default (now 20%, at most 100 steps): a base's cache
-    key holds its preset's fields, so a default that moved would build other weights under the
-    same key."""
-    return TrainSettings(**{"warmup_ratio": 0.05, "warmup_max_steps": None, **fields})
+    """A base recipe's training settings. Its warmup is the 5% every shipped and cached base was
+    built with, not `TrainSettings`' default (now 20%): a base's cache key holds its preset's
+    fields, so a default that moved would build other weights under the same key."""
+    return TrainSettings(**{"warmup_ratio": 0.05, **fields})
