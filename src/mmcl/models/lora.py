@@ -236,6 +236,9 @@ class LoraAdapters:
                 for layer, (a, b) in self.lora_factors(into).items():
                     a.copy_(torch.cat([f[layer][0] for f in parts], dim=0))
                     b.copy_(torch.cat([f[layer][1] for f in parts], dim=1))
+            # `into` answers in their stead; removing an active adapter made peft pick another
+            # to activate and warn.
+            self.use_adapters([*(a for a in self.active_adapters if a not in names), into])
             for n in names:
                 self.remove_adapter(n)
 
