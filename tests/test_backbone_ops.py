@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from mmcl.data.benchmarks import get_benchmark
+from mmcl.data.records import Record
 from mmcl.errors import MmclError
 from mmcl.methods.base import Method
 from mmcl.models.base import LoraSpec
@@ -172,3 +174,33 @@ def test_answer_window():
     assert answer_window(labels) == MIN_WINDOW
     labels[0, 1] = 1
     assert answer_window(labels) == 0  # the window would be the whole row
+
+
+def test_collate_decodes_each_file_once_and_again_when_it_changes(backbone, tmp_path):
+    calls = []
+    read = backbone.featurizers["image"]
+    backbone.featurizers["image"] = lambda p: calls.append(p) or read(p)
+    paths = [tmp_path / f"{k}.png" for k in range(3)]
+    for k, path in enumerate(paths):
+        Image.new("RGB", (32, 32), (40 * k, 0, 0)).save(path)
+    recs = [
+        Record(f"r{k}", (("<image>\nwhat?", "red"),), {"image": (p,)}) for k, p in enumerate(paths)
+    ]
+
+    first = backbone.collate(recs, train=True).media["image"]
+    again = backbone.collate(recs, train=True).media["image"]  # a second epoch
+    assert torch.equal(first, again) and len(calls) == 3
+
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(paths[0])  # replaced on disk
+    changed = backbone.collate(recs, train=True).media["image"]
+    assert len(calls) == 4 and not torch.equal(changed[0], first[0])
+
+    # Past the budget the oldest go first; the newest, which the last batch read, stay.
+    backbone.media_cache.budget = first[0].nbytes * 2
+    for path in paths:
+        Image.new("RGB", (32, 32), (0, 255, 0)).save(path)
+    calls.clear()
+    backbone.collate(recs, train=True)
+    assert len(calls) == 3 and len(backbone.media_cache.items) == 2
+    backbone.collate(recs[1:], train=True)
+    assert len(calls) == 3

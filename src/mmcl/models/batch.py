@@ -1,8 +1,12 @@
-"""What a backbone reads and returns: a Batch of model inputs, its Outputs, and the answer loss."""
+"""What a backbone reads and returns: a Batch of model inputs, its Outputs, and the answer loss;
+and the cache of the media files it has read."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +20,32 @@ def is_per_token(t: torch.Tensor, input_ids: torch.Tensor) -> bool:
     """Whether a processor output has one entry per input token (e.g. Qwen2-VL's token types),
     rather than per image."""
     return t.dim() >= 2 and t.shape[:2] == input_ids.shape
+
+
+class MediaCache:
+    """The features of the media files read most recently, up to `budget` bytes (the oldest go
+    first): each epoch reads the same files again, and routed inference reads a batch's media
+    twice in a row (the router's prompt, then the expert's). A file is known by its size and
+    modification time too, so one replaced on disk is read again."""
+
+    def __init__(self, read: Callable[[str, Path], torch.Tensor], budget: int = 512 << 20):
+        self.read, self.budget = read, budget
+        self.items: dict[tuple, torch.Tensor] = {}
+        self.bytes = 0
+
+    def __call__(self, modality: str, path: Path) -> torch.Tensor:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return self.read(modality, path)  # whose error names the file
+        key = (modality, str(path), st.st_size, st.st_mtime_ns)
+        feats = self.items.get(key)
+        if feats is None:
+            feats = self.items[key] = self.read(modality, path)
+            self.bytes += feats.nbytes
+            while self.bytes > self.budget and len(self.items) > 1:
+                self.bytes -= self.items.pop(next(iter(self.items))).nbytes
+        return feats
 
 
 @dataclass

@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from mmcl.data.records import MODALITIES, Record
 from mmcl.errors import MmclError
 from mmcl.models.base import IGNORE, Backbone, Batch, lm_linear_regex
+from mmcl.models.batch import MediaCache
 from mmcl.models.lora import is_adapted
 from mmcl.models.mllm import ComposedMLLM, VisionTower, projector
 
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 _PLACEHOLDER_RE = re.compile("|".join(f"<{m}>" for m in MODALITIES))
+
+# Every epoch tokenizes the same prompts again: a backbone keeps the ids of this many texts.
+TEXT_CACHE_SIZE = 200_000
 
 
 def image_tensor(im: Image.Image, size: int) -> torch.Tensor:
@@ -68,7 +72,8 @@ class ComposedBackbone(Backbone):
     ):
         super().__init__(core, tokenizer, max_new_tokens)
         self.featurizers = featurizers
-        self._recent: dict[tuple[str, str], torch.Tensor] = {}  # the last collate's media
+        self.media_cache = MediaCache(lambda m, path: self.featurizers[m](path))
+        self._tokens: dict[str, tuple[int, ...]] = {}  # the tokenizer's ids of a text
         self.num_tokens = num_tokens
         self.lm_lora_targets = lm_linear_regex("lm.model")
         self.vision_lora_targets = (
@@ -102,7 +107,11 @@ class ComposedBackbone(Backbone):
         return torch.isin(batch.input_ids, ids)
 
     def _encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self._tokens.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._tokens) < TEXT_CACHE_SIZE:
+                self._tokens[text] = ids
         out: list[int] = []
         for t in ids:  # expand each placeholder to its encoder's number of tokens
             m = next((m for m, pid in self.placeholder_ids.items() if pid == t), None)
@@ -149,24 +158,13 @@ class ComposedBackbone(Backbone):
         for i, (s, lab) in enumerate(seqs):
             sl = slice(0, len(s)) if train else slice(width - len(s), width)
             ids[i, sl], labels[i, sl], mask[i, sl] = torch.tensor(s), torch.tensor(lab), 1
-        media, recent = {}, {}
+        media = {}
         for m in MODALITIES:
             paths = [p for r in records for p in r.media.get(m, ())]
             if paths:
                 if m not in self.featurizers:
                     raise MmclError(f"this backbone cannot read {m} (record {records[0].id})")
-                feats = []
-                for p in paths:
-                    key = (m, str(p))
-                    if key not in recent:
-                        recent[key] = self._recent.get(key)
-                        if recent[key] is None:
-                            recent[key] = self.featurizers[m](p)
-                    feats.append(recent[key])
-                media[m] = torch.stack(feats)
-        # Routed inference reads the same media twice in a row (the router's prompt, then the
-        # expert's): the previous call's features are reused instead of decoding files again.
-        self._recent = recent
+                media[m] = torch.stack([self.media_cache(m, p) for p in paths])
         return Batch(list(records), ids, mask, labels if train else None, media)
 
     def reordered(self, batch: Batch, order: list[int]) -> Batch:
