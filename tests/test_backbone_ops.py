@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -181,8 +183,13 @@ def test_collate_decodes_each_file_once_and_again_when_it_changes(backbone, tmp_
     read = backbone.featurizers["image"]
     backbone.featurizers["image"] = lambda p: calls.append(p) or read(p)
     paths = [tmp_path / f"{k}.png" for k in range(3)]
+
+    def write(path, colour, stamp):  # an explicit mtime: two writes can share a clock tick
+        Image.new("RGB", (32, 32), colour).save(path)
+        os.utime(path, (stamp, stamp))
+
     for k, path in enumerate(paths):
-        Image.new("RGB", (32, 32), (40 * k, 0, 0)).save(path)
+        write(path, (40 * k, 0, 0), 1)
     recs = [
         Record(f"r{k}", (("<image>\nwhat?", "red"),), {"image": (p,)}) for k, p in enumerate(paths)
     ]
@@ -191,14 +198,14 @@ def test_collate_decodes_each_file_once_and_again_when_it_changes(backbone, tmp_
     again = backbone.collate(recs, train=True).media["image"]  # a second epoch
     assert torch.equal(first, again) and len(calls) == 3
 
-    Image.new("RGB", (32, 32), (0, 0, 255)).save(paths[0])  # replaced on disk
+    write(paths[0], (0, 0, 255), 2)  # replaced on disk
     changed = backbone.collate(recs, train=True).media["image"]
     assert len(calls) == 4 and not torch.equal(changed[0], first[0])
 
     # Past the budget the oldest go first; the newest, which the last batch read, stay.
     backbone.media_cache.budget = first[0].nbytes * 2
     for path in paths:
-        Image.new("RGB", (32, 32), (0, 255, 0)).save(path)
+        write(path, (0, 255, 0), 3)
     calls.clear()
     backbone.collate(recs, train=True)
     assert len(calls) == 3 and len(backbone.media_cache.items) == 2
