@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,9 @@ class ComposedBackbone(Backbone):
         super().__init__(core, tokenizer, max_new_tokens)
         self.featurizers = featurizers
         self.media_cache = MediaCache(lambda m, path: self.featurizers[m](path))
-        self._tokens: dict[str, tuple[int, ...]] = {}  # the tokenizer's ids of a text
+        self._token_ids = lru_cache(TEXT_CACHE_SIZE)(
+            lambda text: tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        )
         self.num_tokens = num_tokens
         self.lm_lora_targets = lm_linear_regex("lm.model")
         self.vision_lora_targets = (
@@ -107,13 +110,8 @@ class ComposedBackbone(Backbone):
         return torch.isin(batch.input_ids, ids)
 
     def _encode(self, text: str) -> list[int]:
-        ids = self._tokens.get(text)
-        if ids is None:
-            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if len(self._tokens) < TEXT_CACHE_SIZE:
-                self._tokens[text] = ids
         out: list[int] = []
-        for t in ids:  # expand each placeholder to its encoder's number of tokens
+        for t in self._token_ids(text):  # expand each placeholder to its encoder's number of tokens
             m = next((m for m, pid in self.placeholder_ids.items() if pid == t), None)
             if m is None:
                 out.append(t)

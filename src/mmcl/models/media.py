@@ -16,7 +16,7 @@ stream of a few hundred samples per task; with the words it starts by copying wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -135,17 +135,9 @@ def audio_features(path: Path, extractor: WhisperFeatureExtractor) -> torch.Tens
 
 
 def video_frames(path: Path, size: int, k: int = VIDEO_FRAMES) -> torch.Tensor:
-    """A video file -> (k, 3, size, size) tensor of uniformly sampled frames in [-1, 1]."""
-    stamp = Path(path).stat().st_mtime_ns if Path(path).exists() else 0
-    return _sampled_frames(str(path), stamp, size, k).float() / 127.5 - 1.0
-
-
-@lru_cache(maxsize=4096)
-def _sampled_frames(path: str, stamp: int, size: int, k: int) -> torch.Tensor:
-    """Decoding dominates a video step and epochs revisit every clip: decoded frames are kept
-    (uint8, 48 KB per clip at 64 px), keyed by the file's modification time too."""
-    frames = [image_tensor(im, size) for im in sample_frames(read_video(Path(path)), k)]
-    return ((torch.stack(frames) + 1.0) * 127.5).round().to(torch.uint8)
+    """A video file -> (k, 3, size, size) tensor of uniformly sampled frames in [-1, 1] (kept
+    across epochs by the backbone's MediaCache, as every modality's features)."""
+    return torch.stack([image_tensor(im, size) for im in sample_frames(read_video(path), k)])
 
 
 def add_media_encoders(backbone: ComposedBackbone, preset_name: str, seed: int) -> None:

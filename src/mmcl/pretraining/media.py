@@ -51,7 +51,7 @@ def pretrain_heads(
     y = torch.tensor(
         [[fn(r.meta[META_KEY[modality]]) for _, fn in vocab.values()] for r in records]
     )
-    x = torch.stack([backbone.featurizers[modality](r.media[modality][0]) for r in records])
+    x = torch.stack([backbone.media_cache(modality, r.media[modality][0]) for r in records])
     params = list(proj.heads.parameters())
     if modality == "audio":
         params += list(encoder.parameters())
@@ -89,7 +89,7 @@ def pretrain_heads(
 def _fit_standardizers(backbone: ComposedBackbone, records: dict[str, list]) -> None:
     core = backbone.core
     for m, recs in records.items():
-        x = torch.stack([backbone.featurizers[m](r.media[m][0]) for r in recs[:512]])
+        x = torch.stack([backbone.media_cache(m, r.media[m][0]) for r in recs[:512]])
         core.projectors[m].mlp[0].fit(core.encoders[m](x))
 
 
